@@ -1,0 +1,325 @@
+"""The AppError family and one renderer of every error as RFC 9457 problem details.
+
+Every error response, 404 and 405 included, is ``application/problem+json`` with
+``type``, ``title``, ``status``, ``detail``, ``instance``, ``request_id`` and ``code``.
+A 5xx caused by a programming error never carries the exception's text.
+
+The handler reports each error exactly once to the listeners registered on the
+app's state (metrics and Sentry use this), then logs it and renders it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    HTTPException,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    UnprocessableEntity,
+)
+
+from .logs import LOGGER_NAME, get_request_id
+
+if TYPE_CHECKING:
+    from .extension import ObsState
+
+__all__ = [
+    "AppError",
+    "BadRequestError",
+    "CircuitOpenError",
+    "ConflictError",
+    "ErrorInfo",
+    "ForbiddenError",
+    "NotFoundError",
+    "ServiceUnavailableError",
+    "UnauthorizedError",
+    "ValidationError",
+]
+
+PROBLEM_JSON = "application/problem+json"
+GENERIC_DETAIL = "An internal error occurred."
+
+
+class AppError(Exception):
+    """An error the application raises on purpose, rendered as problem details.
+
+    :param message: the ``detail`` shown to the client (for operational errors).
+    :param status_code: the HTTP status.
+    :param code: a stable machine-readable code, e.g. ``"payment_declined"``.
+    :param details: extra JSON-ready data, e.g. field errors (shown as ``errors``).
+    :param is_operational: ``True`` for expected failures (bad input, a dependency
+        down); ``False`` for bugs, which are logged with a stack and whose text is
+        hidden from the client.
+    """
+
+    status_code: int = 500
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str = "",
+        status_code: int | None = None,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        is_operational: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            if not 400 <= int(status_code) <= 599:
+                raise ValueError(f"status_code must be 400-599, got {status_code!r}")
+            self.status_code = int(status_code)
+        self.error_code = code or self.default_code
+        self.details = details
+        self.is_operational = is_operational
+        # werkzeug's HTTPException reads these when a subclass is also one.
+        self.description = message or None
+        self.response = None
+
+        if isinstance(self, HTTPException):
+            # Flask finds a user's ``errorhandler(404)`` through ``code``.
+            self.code = self.status_code
+
+    def __str__(self) -> str:
+        return self.message
+
+    def headers(self) -> dict[str, str]:
+        """Headers to add to the response."""
+        return {}
+
+
+class BadRequestError(AppError, BadRequest):
+    """400: the request is malformed."""
+
+    status_code = 400
+    default_code = "bad_request"
+
+
+class UnauthorizedError(AppError, Unauthorized):
+    """401: authentication is missing or wrong."""
+
+    status_code = 401
+    default_code = "unauthorized"
+
+
+class ForbiddenError(AppError, Forbidden):
+    """403: authenticated but not allowed."""
+
+    status_code = 403
+    default_code = "forbidden"
+
+
+class NotFoundError(AppError, NotFound):
+    """404: the resource does not exist."""
+
+    status_code = 404
+    default_code = "not_found"
+
+
+class ConflictError(AppError, Conflict):
+    """409: the request conflicts with the resource's state."""
+
+    status_code = 409
+    default_code = "conflict"
+
+
+class ValidationError(AppError, UnprocessableEntity):
+    """422: the request is well-formed but its content is invalid."""
+
+    status_code = 422
+    default_code = "validation_error"
+
+
+class ServiceUnavailableError(AppError, ServiceUnavailable):
+    """503: a dependency is unavailable; ``retry_after`` seconds become ``Retry-After``."""
+
+    status_code = 503
+    default_code = "service_unavailable"
+
+    def __init__(
+        self,
+        message: str = "Service temporarily unavailable.",
+        status_code: int | None = None,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+        details: Any = None,
+        is_operational: bool = True,
+    ) -> None:
+        super().__init__(
+            message, status_code, code=code, details=details, is_operational=is_operational
+        )
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, int(-(-self.retry_after // 1))))}
+
+
+class CircuitOpenError(ServiceUnavailableError):
+    """503: a circuit breaker is open; calls fail fast until ``retry_after`` passes."""
+
+    default_code = "circuit_open"
+
+    def __init__(self, breaker: str, retry_after: float | None = None) -> None:
+        super().__init__(
+            f"The upstream '{breaker}' is unavailable; try again later.",
+            retry_after=retry_after,
+        )
+        self.breaker = breaker
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+@dataclass
+class ErrorInfo:
+    """What the handler learned about one error; listeners may add ``extensions``."""
+
+    error: BaseException
+    status: int
+    code: str
+    operational: bool
+    source: str = "http"
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+
+#: A listener learns of each error once; it may add members to the problem body.
+ErrorListener = Callable[[ErrorInfo], None]
+
+_log = logging.getLogger(LOGGER_NAME)
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _default_code(status: int) -> str:
+    return _status_phrase(status).lower().replace(" ", "_").replace("-", "_").replace("'", "")
+
+
+def describe(error: BaseException) -> ErrorInfo:
+    """Classify an error: its status, code and whether it is operational."""
+    if isinstance(error, AppError):
+        status = error.status_code
+        code = error.error_code or _default_code(status)
+        return ErrorInfo(error, status, code, error.is_operational)
+    if isinstance(error, HTTPException) and error.code is not None:
+        # ``abort(...)`` is deliberate; only a wrapped unhandled error is a bug.
+        operational = getattr(error, "original_exception", None) is None
+        return ErrorInfo(error, error.code, _default_code(error.code), operational)
+    return ErrorInfo(error, 500, "internal_error", False)
+
+
+def _detail(info: ErrorInfo) -> str:
+    error = info.error
+    if isinstance(error, AppError):
+        if not error.is_operational and info.status >= 500:
+            return GENERIC_DETAIL
+        return error.message or _status_phrase(info.status)
+    if isinstance(error, HTTPException) and info.status < 500:
+        return error.description or _status_phrase(info.status)
+    if isinstance(error, HTTPException) and error.code != 500:
+        # werkzeug's own 5xx texts (501, 502, 503, ...) are generic, never the cause.
+        return type(error).description or _status_phrase(info.status)
+    return GENERIC_DETAIL
+
+
+def _headers(error: BaseException) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if isinstance(error, HTTPException) and not isinstance(error, AppError):
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                headers[name] = value
+    if isinstance(error, AppError):
+        headers.update(error.headers())
+    return headers
+
+
+def problem_body(info: ErrorInfo, type_base: str | None) -> dict[str, Any]:
+    """The RFC 9457 body for an error (without the listeners' extensions)."""
+    body: dict[str, Any] = {
+        "type": f"{type_base.rstrip('/')}/{info.code}" if type_base else "about:blank",
+        "title": _status_phrase(info.status),
+        "status": info.status,
+        "detail": _detail(info),
+        "instance": request.path if request else None,
+        "request_id": get_request_id(),
+        "code": info.code,
+    }
+    error = info.error
+    if isinstance(error, AppError) and error.details is not None and info.operational:
+        body["errors"] = error.details
+    return body
+
+
+def problem_response(
+    body: dict[str, Any], status: int, headers: dict[str, str] | None = None
+) -> Response:
+    """A ``application/problem+json`` response."""
+    response = Response(
+        json.dumps(body, default=str), status=status, mimetype=PROBLEM_JSON, headers=headers
+    )
+    return response
+
+
+def _log_error(info: ErrorInfo) -> None:
+    try:
+        error = info.error
+        fields = {"error_code": info.code, "status": info.status, "error_type": type(error).__name__}
+        if not info.operational:
+            cause = getattr(error, "original_exception", None) or error
+            _log.error("unhandled error", exc_info=cause, extra=fields)
+        elif isinstance(error, AppError):
+            _log.warning("%s", error.message or info.code, extra=fields)
+        elif info.status >= 500:
+            _log.error("%s", _status_phrase(info.status), extra=fields)
+        else:
+            # werkzeug's 4xx (404 from scanners, 405) are in the access log already.
+            _log.debug("%s", _status_phrase(info.status), extra=fields)
+    except Exception:  # logging must never turn an error response into a crash
+        pass
+
+
+def handle_error(state: ObsState, error: BaseException) -> Response | HTTPException:
+    """Flask error handler for every exception: notify, log and render."""
+    if isinstance(error, HTTPException) and error.response is not None:
+        # ``abort(response)``: the view chose its own response.
+        return error.response  # type: ignore[return-value]
+    if request:
+        state.current_context()  # an earlier step may have failed before ours ran
+    info = describe(error)
+    for listener in state.error_listeners:
+        try:
+            listener(info)
+        except Exception:  # one broken listener must not hide the error from the others
+            _log.debug("error listener failed", exc_info=True)
+    _log_error(info)
+    body = problem_body(info, state.settings.error_type_base)
+    body.update(info.extensions)
+    return problem_response(body, info.status, _headers(error))
+
+
+def register(app: Flask, state: ObsState) -> None:
+    """Route every error of ``app`` to :func:`handle_error`."""
+
+    handler = functools.partial(handle_error, state)
+    app.register_error_handler(Exception, handler)
+    app.register_error_handler(HTTPException, handler)

@@ -1,0 +1,472 @@
+"""Structured logs: request-ID context, JSON and console formatters, access log, get_logger.
+
+The request context lives in one :class:`contextvars.ContextVar`, so the threads of a
+threaded server never see each other's request ID, and ``async`` views (run by Flask
+through ``asgiref``, which copies the context) see their own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import IO, Any
+
+__all__ = [
+    "BoundLogger",
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "RequestContextFilter",
+    "get_logger",
+    "get_request_id",
+    "get_trace_id",
+]
+
+LOGGER_NAME = "flask_gateway_obs"
+ACCESS_LOGGER_NAME = "flask_gateway_obs.access"
+REDACTED = "[REDACTED]"
+#: Key fragments that mark a value as secret (matched case-insensitively, as substrings).
+SECRET_FRAGMENTS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "authorization",
+    "cookie",
+    "session",
+    "credential",
+    "private_key",
+)
+_MAX_DEPTH = 8
+
+
+# --- request context ---------------------------------------------------------------
+
+
+class RequestContext:
+    """What the extension knows about the request being served (one per request)."""
+
+    __slots__ = ("finished", "request_id", "service", "start", "trace_flags", "trace_id")
+
+    def __init__(
+        self,
+        request_id: str,
+        service: str,
+        start: float,
+        trace_id: str | None = None,
+        trace_flags: str = "01",
+    ) -> None:
+        self.request_id = request_id
+        self.service = service
+        self.start = start
+        self.trace_id = trace_id
+        self.trace_flags = trace_flags
+        self.finished = False
+
+
+current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "flask_gateway_obs_request", default=None
+)
+
+
+def get_request_id() -> str | None:
+    """The current request's ID, or ``None`` outside a request."""
+    ctx = current_request.get()
+    return ctx.request_id if ctx is not None else None
+
+
+def get_trace_id() -> str | None:
+    """The W3C trace-id of the current request's ``traceparent``, if one arrived."""
+    ctx = current_request.get()
+    return ctx.trace_id if ctx is not None else None
+
+
+# --- redaction and escaping -----------------------------------------------------------
+
+
+class Redactor:
+    """Replaces the values of secret-looking keys, at any depth, in a copy of the data."""
+
+    def __init__(self, extra_fragments: Iterable[str] = ()) -> None:
+        self.fragments = tuple(
+            dict.fromkeys(f.lower() for f in (*SECRET_FRAGMENTS, *extra_fragments) if f)
+        )
+        self._verdicts: dict[str, bool] = {}
+
+    def is_secret(self, key: str) -> bool:
+        """Whether ``key`` names a secret (cached per key)."""
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            lowered = key.lower()
+            verdict = any(fragment in lowered for fragment in self.fragments)
+            if len(self._verdicts) < 4096:
+                self._verdicts[key] = verdict
+        return verdict
+
+    def redact(self, value: Any, depth: int = 0) -> Any:
+        """A JSON-ready copy of ``value`` with secret keys' values replaced."""
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if depth >= _MAX_DEPTH:
+            return "<too deep>"
+        if isinstance(value, Mapping):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                name = key if isinstance(key, str) else repr(key)
+                out[name] = REDACTED if self.is_secret(name) else self.redact(item, depth + 1)
+            return out
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [self.redact(item, depth + 1) for item in value]
+        return _safe_repr(value)
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]+@")
+
+
+def mask_url_credentials(text: str) -> str:
+    """``postgresql://user:pass@host`` -> ``postgresql://user:***@host``."""
+    if "://" not in text:
+        return text
+    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a broken __repr__ must not break logging
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_control(text: str) -> str:
+    """Escape control characters so that one record stays one line."""
+    return text.translate(_CONTROL)
+
+
+# --- formatters ------------------------------------------------------------------------
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_LEVEL_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+def _level_name(levelno: int) -> str:
+    return _LEVEL_NAMES.get(levelno) or logging.getLevelName(levelno).lower()
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        message = record.getMessage()
+    except Exception:  # bad %-args: keep both parts rather than lose the record
+        message = f"{_safe_repr(record.msg)} {_safe_repr(record.args)}"
+    return mask_url_credentials(message)
+
+
+class _Timestamps:
+    """ISO 8601 UTC timestamps with milliseconds, the seconds part cached."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def format(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._text}.{int((created - second) * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: timestamp, level, logger, message, service, request_id, ...
+
+    :param service: the ``service`` field outside a request (inside one, the
+        request's app decides).
+    :param redact_keys: key fragments added to :data:`SECRET_FRAGMENTS`.
+    """
+
+    def __init__(self, service: str = "app", redact_keys: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.service = service
+        self.redactor = Redactor(redact_keys)
+        self._timestamps = _Timestamps()
+
+    def build(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The record as a dict of JSON-ready fields."""
+        ctx = current_request.get()
+        payload: dict[str, Any] = {
+            "timestamp": self._timestamps.format(record.created),
+            "level": _level_name(record.levelno),
+            "logger": record.name,
+            "message": _message(record),
+            "service": ctx.service if ctx is not None else self.service,
+            "request_id": ctx.request_id if ctx is not None else None,
+        }
+        if ctx is not None and ctx.trace_id is not None:
+            payload["trace_id"] = ctx.trace_id
+        redactor = self.redactor
+        for key, value in record.__dict__.items():
+            if key in _RESERVED or key in payload:
+                continue
+            if redactor.is_secret(key):
+                payload[key] = REDACTED
+            elif value is None or type(value) in (str, int, float, bool):
+                payload[key] = value
+            else:
+                payload[key] = redactor.redact(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, exc, tb = record.exc_info
+            payload["exc_type"] = exc_type.__name__
+            payload["exc_message"] = mask_url_credentials(_safe_str(exc))
+            payload["stack"] = mask_url_credentials(
+                "".join(traceback.format_exception(exc_type, exc, tb))
+            )
+        if record.stack_info:
+            payload["stack_info"] = record.stack_info
+        return payload
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            payload = self.build(record)
+            try:
+                return json.dumps(payload, default=_safe_repr)
+            except (TypeError, ValueError):  # e.g. a NaN-free circular structure
+                return json.dumps(self.redactor.redact(payload), default=_safe_repr)
+        except Exception:  # logging must never fail: emit what we safely can
+            return json.dumps(
+                {
+                    "timestamp": self._timestamps.format(record.created),
+                    "level": _level_name(record.levelno),
+                    "logger": record.name,
+                    "message": "unformattable log record",
+                    "service": self.service,
+                    "request_id": get_request_id(),
+                }
+            )
+
+
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return _safe_repr(value)
+
+
+_COLOURS = {
+    "debug": "\x1b[2m",
+    "info": "\x1b[32m",
+    "warning": "\x1b[33m",
+    "error": "\x1b[31m",
+    "critical": "\x1b[1;31m",
+}
+_RESET = "\x1b[0m"
+
+
+class ConsoleFormatter(JsonFormatter):
+    """Human-readable single-line records for development, coloured on a terminal.
+
+    :param colour: ``None`` decides per stream (a TTY, and ``NO_COLOR`` unset).
+    """
+
+    def __init__(
+        self, service: str = "app", redact_keys: Iterable[str] = (), colour: bool | None = None
+    ) -> None:
+        super().__init__(service, redact_keys)
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            payload = self.build(record)
+            level = payload.pop("level")
+            clock = payload.pop("timestamp")[11:23]
+            logger_name = payload.pop("logger")
+            message = payload.pop("message")
+            payload.pop("service")
+            stack = payload.pop("stack", None)
+            fields = " ".join(
+                f"{key}={_console_value(value)}"
+                for key, value in payload.items()
+                if value is not None
+            )
+            rest = f"{logger_name}: {message}"
+            if fields:
+                rest = f"{rest}  {fields}"
+            if stack:
+                rest = f"{rest}  stack={stack}"
+            level_text = f"{level.upper():<8}"
+            if self._use_colour():
+                level_text = f"{_COLOURS.get(level, '')}{level_text}{_RESET}"
+            # Escape only what came from the record, so one record stays one line.
+            return f"{clock} {level_text} {escape_control(rest)}"
+        except Exception:
+            return escape_control(f"unformattable log record from {record.name}")
+
+    def _use_colour(self) -> bool:
+        if self.colour is not None:
+            return self.colour
+        return "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _console_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else json.dumps(value)
+    try:
+        return json.dumps(value, default=_safe_repr)
+    except (TypeError, ValueError):
+        return _safe_repr(value)
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds ``request_id`` (and ``trace_id`` when known) to every record.
+
+    For users who keep their own logging set-up and formatters
+    (``GATEWAY_OBS_LOG_CONFIGURE=False``).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = current_request.get()
+        record.request_id = ctx.request_id if ctx is not None else None
+        if ctx is not None and ctx.trace_id is not None:
+            record.trace_id = ctx.trace_id
+        return True
+
+
+# --- handlers and set-up -------------------------------------------------------------
+
+
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` is at emit time; never prints logging errors."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # A closed or broken stdout must not fail the request that logged.
+        pass
+
+
+class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+_OWNED = "_flask_gateway_obs_handler"
+
+
+def configure_logging(
+    *,
+    service: str,
+    level: int,
+    console: bool,
+    redact_keys: Iterable[str] = (),
+    log_file: str | None = None,
+    max_bytes: int = 10 * 1024 * 1024,
+    backup_count: int = 5,
+) -> list[logging.Handler]:
+    """Install our handler(s) on the root logger, replacing any we installed before."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _OWNED, False):
+            root.removeHandler(handler)
+            handler.close()
+    formatter: logging.Formatter = (
+        ConsoleFormatter(service, redact_keys) if console else JsonFormatter(service, redact_keys)
+    )
+    handlers: list[logging.Handler] = [_StdoutHandler()]
+    handlers[0].setFormatter(formatter)
+    if log_file:
+        file_handler = _RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True
+        )
+        file_handler.setFormatter(JsonFormatter(service, redact_keys))
+        handlers.append(file_handler)
+    for handler in handlers:
+        setattr(handler, _OWNED, True)
+        root.addHandler(handler)
+    root.setLevel(level)
+    return handlers
+
+
+# --- loggers ---------------------------------------------------------------------------
+
+_LOG_KWARGS = frozenset({"exc_info", "stack_info", "stacklevel", "extra"})
+
+
+class BoundLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose records carry a fixed context; keyword arguments become fields.
+
+    ``log.info("charged", amount=12)`` logs ``amount`` as a field. ``child(**more)``
+    returns a logger with the context extended.
+    """
+
+    def __init__(self, logger: logging.Logger, context: Mapping[str, Any]) -> None:
+        super().__init__(logger, _safe_context(context))
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        fields = dict(self.extra or {})
+        for key in [k for k in kwargs if k not in _LOG_KWARGS]:
+            fields[key] = kwargs.pop(key)
+        given = kwargs.get("extra")
+        if given:
+            fields.update(given)
+        kwargs["extra"] = _safe_context(fields)
+        return msg, kwargs
+
+    def child(self, **more: Any) -> BoundLogger:
+        """A logger with this one's context plus ``more``."""
+        return BoundLogger(self.logger, {**(self.extra or {}), **more})
+
+    def fatal(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Alias of :meth:`critical`."""
+        self.critical(msg, *args, **kwargs)
+
+
+def _safe_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    # LogRecord refuses extra keys that shadow its own attributes; keep them, renamed.
+    return {(f"{k}_" if k in _RESERVED else k): v for k, v in context.items()}
+
+
+def get_logger(name: str | None = None, **context: Any) -> BoundLogger:
+    """A :class:`BoundLogger` named ``name`` (default: the extension's) with ``context``.
+
+    Inside a request every record also carries ``request_id``.
+    """
+    return BoundLogger(logging.getLogger(name or LOGGER_NAME), context)
+
+
+def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
+    """Log without the caller lookup of ``Logger.info`` (the access log's hot path)."""
+    if not logger.isEnabledFor(level):
+        return
+    record = logger.makeRecord(logger.name, level, "(gateway)", 0, msg, (), None, extra=fields)
+    logger.handle(record)
