@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -66,6 +67,8 @@ class AppError(Exception):
 
     status_code: int = 500
     default_code: str | None = None
+    #: Mirrors ``status_code`` for werkzeug, which finds ``errorhandler(404)`` by it.
+    code: int | None = None
 
     def __init__(
         self,
@@ -85,13 +88,9 @@ class AppError(Exception):
         self.error_code = code or self.default_code
         self.details = details
         self.is_operational = is_operational
-        # werkzeug's HTTPException reads these when a subclass is also one.
-        self.description = message or None
-        self.response = None
-
-        if isinstance(self, HTTPException):
-            # Flask finds a user's ``errorhandler(404)`` through ``code``.
-            self.code = self.status_code
+        # For subclasses that are also werkzeug HTTPExceptions, super().__init__ set
+        # ``description`` and ``response``; Flask finds ``errorhandler(404)`` by ``code``.
+        self.code = self.status_code
 
     def __str__(self) -> str:
         return self.message
@@ -104,49 +103,49 @@ class AppError(Exception):
 class BadRequestError(AppError, BadRequest):
     """400: the request is malformed."""
 
-    status_code = 400
+    status_code = code = 400
     default_code = "bad_request"
 
 
 class UnauthorizedError(AppError, Unauthorized):
     """401: authentication is missing or wrong."""
 
-    status_code = 401
+    status_code = code = 401
     default_code = "unauthorized"
 
 
 class ForbiddenError(AppError, Forbidden):
     """403: authenticated but not allowed."""
 
-    status_code = 403
+    status_code = code = 403
     default_code = "forbidden"
 
 
 class NotFoundError(AppError, NotFound):
     """404: the resource does not exist."""
 
-    status_code = 404
+    status_code = code = 404
     default_code = "not_found"
 
 
 class ConflictError(AppError, Conflict):
     """409: the request conflicts with the resource's state."""
 
-    status_code = 409
+    status_code = code = 409
     default_code = "conflict"
 
 
 class ValidationError(AppError, UnprocessableEntity):
     """422: the request is well-formed but its content is invalid."""
 
-    status_code = 422
+    status_code = code = 422
     default_code = "validation_error"
 
 
 class ServiceUnavailableError(AppError, ServiceUnavailable):
     """503: a dependency is unavailable; ``retry_after`` seconds become ``Retry-After``."""
 
-    status_code = 503
+    status_code = code = 503
     default_code = "service_unavailable"
 
     def __init__(
@@ -162,12 +161,13 @@ class ServiceUnavailableError(AppError, ServiceUnavailable):
         super().__init__(
             message, status_code, code=code, details=details, is_operational=is_operational
         )
-        self.retry_after = retry_after
+        #: Whole seconds (rounded up), as ``Retry-After`` carries them.
+        self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, int(-(-self.retry_after // 1))))}
+        return {"Retry-After": str(self.retry_after)}
 
 
 class CircuitOpenError(ServiceUnavailableError):
@@ -283,7 +283,11 @@ def problem_response(
 def _log_error(info: ErrorInfo) -> None:
     try:
         error = info.error
-        fields = {"error_code": info.code, "status": info.status, "error_type": type(error).__name__}
+        fields = {
+            "error_code": info.code,
+            "status": info.status,
+            "error_type": type(error).__name__,
+        }
         if not info.operational:
             cause = getattr(error, "original_exception", None) or error
             _log.error("unhandled error", exc_info=cause, extra=fields)
@@ -303,8 +307,11 @@ def handle_error(state: ObsState, error: BaseException) -> Response | HTTPExcept
     if isinstance(error, HTTPException) and error.response is not None:
         # ``abort(response)``: the view chose its own response.
         return error.response  # type: ignore[return-value]
+    headers = _headers(error)
     if request:
-        state.current_context()  # an earlier step may have failed before ours ran
+        # An earlier step may have failed before ours ran, and a failing after-request
+        # hook may skip ours: the error response carries the request ID itself.
+        headers[state.header_name] = state.current_context().request_id
     info = describe(error)
     for listener in state.error_listeners:
         try:
@@ -314,7 +321,7 @@ def handle_error(state: ObsState, error: BaseException) -> Response | HTTPExcept
     _log_error(info)
     body = problem_body(info, state.settings.error_type_base)
     body.update(info.extensions)
-    return problem_response(body, info.status, _headers(error))
+    return problem_response(body, info.status, headers)
 
 
 def register(app: Flask, state: ObsState) -> None:

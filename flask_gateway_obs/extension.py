@@ -171,7 +171,7 @@ class ObsState:
             except Exception:
                 self._log.debug("request observer failed", exc_info=True)
         if self._access_log:
-            try:
+            try:  # noqa: SIM105 - contextlib.suppress costs more on every request
                 self._log_access(status, duration, response)
             except Exception:
                 pass

@@ -130,7 +130,9 @@ class Redactor:
         return _safe_repr(value)
 
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]+@")
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]+@"
+)
 
 
 def mask_url_credentials(text: str) -> str:
@@ -354,13 +356,13 @@ class RequestContextFilter(logging.Filter):
 # --- handlers and set-up -------------------------------------------------------------
 
 
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StdoutHandler(logging.StreamHandler[IO[str]]):
     """Writes to whatever ``sys.stdout`` is at emit time; never prints logging errors."""
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return sys.stdout
 

@@ -1,0 +1,115 @@
+"""Configuration: defaults, validation with one error naming every bad key, precedence."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+
+from flask_gateway_obs import ConfigError, GatewayObs
+from flask_gateway_obs.config import Keys, Settings, all_keys, load_settings
+
+
+def test_defaults_load_without_any_key() -> None:
+    """An empty config gives the documented defaults."""
+    settings = load_settings({}, {})
+    assert settings == Settings()
+    assert settings.log_level == logging.INFO
+    assert settings.request_id_header == "X-Request-ID"
+
+
+def test_every_key_has_a_constant_and_a_description() -> None:
+    """``Keys`` names every setting and every setting says what it accepts."""
+    constants = {v for k, v in vars(Keys).items() if k.isupper()}
+    assert constants == set(all_keys())
+    for key, field in all_keys().items():
+        assert key.startswith("GATEWAY_OBS_")
+        assert field.metadata["accepts"] and field.metadata["doc"]
+
+
+def test_bad_values_raise_one_error_naming_every_bad_key(make_app) -> None:
+    """Several bad keys -> one ConfigError naming each key, the value and what it accepts."""
+    config = {
+        Keys.LOG_LEVEL: "loud",
+        Keys.LOG_FILE_BACKUP_COUNT: -1,
+        Keys.REDIS_URL: "http://not-redis",
+        Keys.LOG_ACCESS: "maybe",
+    }
+    app = make_app(config, init=False)
+    with pytest.raises(ConfigError) as caught:
+        GatewayObs(app)
+    message = str(caught.value)
+    for key in config:
+        assert key in message
+    assert "'loud'" in message and "debug, info" in message
+    assert len(caught.value.problems) == 4
+    assert "gateway_obs" not in app.extensions
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (Keys.LOG_FORMAT, "xml"),
+        (Keys.LOG_LEVEL, 5),
+        (Keys.LOG_USER_AGENT_MAX, 1.5),
+        (Keys.LOG_FILE_MAX_BYTES, 0),
+        (Keys.LOG_ACCESS, None),
+        (Keys.DATABASE_URL, "postgresql://host:notaport/db"),
+        (Keys.DATABASE_URL, "mysql://h/db"),
+        (Keys.REQUEST_ID_HEADER, "X Request\nID"),
+        (Keys.ERROR_TYPE_BASE, "ftp://x"),
+        (Keys.LOG_REDACT_KEYS, 42),
+    ],
+)
+def test_each_kind_of_bad_value_is_rejected(key: str, value: object) -> None:
+    """Wrong types, unknown choices, bad numbers and malformed URLs are all refused."""
+    with pytest.raises(ConfigError, match=key):
+        load_settings({key: value}, {})
+
+
+def test_unknown_key_with_the_prefix_is_reported_with_a_suggestion() -> None:
+    """A typo in a key is an error that suggests the right key."""
+    with pytest.raises(ConfigError, match="did you mean GATEWAY_OBS_LOG_LEVEL"):
+        load_settings({"GATEWAY_OBS_LOG_LEVLE": "debug"}, {})
+
+
+def test_string_values_from_the_environment_are_accepted(make_app, monkeypatch) -> None:
+    """Values from from_prefixed_env (strings and JSON) are parsed."""
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_LEVEL", "fatal")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_ACCESS", "false")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_USER_AGENT_MAX", "64")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_REDACT_KEYS", "pin, ssn")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_ACCESS_EXCLUDE_PATHS", '["/ping", "/favicon.ico"]')
+    app = make_app(init=False)
+    app.config.from_prefixed_env()
+    GatewayObs(app)
+    settings = app.extensions["gateway_obs"].settings
+    assert settings.log_level == logging.CRITICAL
+    assert settings.log_access is False
+    assert settings.log_user_agent_max == 64
+    assert settings.log_redact_keys == ("pin", "ssn")
+    assert settings.log_access_exclude_paths == ("/ping", "/favicon.ico")
+
+
+def test_app_config_wins_over_constructor_overrides(make_app) -> None:
+    """A key in app.config beats the same setting given to the constructor."""
+    app = make_app({Keys.LOG_LEVEL: "error"}, log_level="debug", service_name="from-ctor")
+    settings = app.extensions["gateway_obs"].settings
+    assert settings.log_level == logging.ERROR
+    assert settings.service_name == "from-ctor"
+
+
+def test_overrides_accept_keys_and_reject_unknown_names(make_app) -> None:
+    """Overrides by full key work; an unknown override name is a TypeError."""
+    app = make_app(**{Keys.SERVICE_NAME: "svc"})
+    assert app.extensions["gateway_obs"].service == "svc"
+    with pytest.raises(TypeError, match="no_such_setting"):
+        make_app(no_such_setting=1)
+
+
+def test_settings_are_immutable() -> None:
+    """Settings cannot be changed after init_app."""
+    settings = load_settings({}, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.log_level = 10  # type: ignore[misc]
