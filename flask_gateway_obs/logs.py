@@ -199,6 +199,10 @@ class _Timestamps:
         return f"{self._text}.{int((created - second) * 1000):03d}Z"
 
 
+#: Built once: ``json.dumps(..., default=...)`` would build an encoder per call.
+_ENCODER = json.JSONEncoder(default=_safe_repr)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: timestamp, level, logger, message, service, request_id, ...
 
@@ -247,13 +251,29 @@ class JsonFormatter(logging.Formatter):
             payload["stack_info"] = record.stack_info
         return payload
 
+    def access_line(self, msg: str, fields: dict[str, Any]) -> str:
+        """The JSON line of an access record, built without a ``LogRecord``."""
+        ctx = current_request.get()
+        payload: dict[str, Any] = {
+            "timestamp": self._timestamps.format(time.time()),
+            "level": "info",
+            "logger": ACCESS_LOGGER_NAME,
+            "message": mask_url_credentials(msg),
+            "service": ctx.service if ctx is not None else self.service,
+            "request_id": ctx.request_id if ctx is not None else None,
+        }
+        if ctx is not None and ctx.trace_id is not None:
+            payload["trace_id"] = ctx.trace_id
+        payload.update(fields)
+        return _ENCODER.encode(payload)
+
     def format(self, record: logging.LogRecord) -> str:
         try:
             payload = self.build(record)
             try:
-                return json.dumps(payload, default=_safe_repr)
-            except (TypeError, ValueError):  # e.g. a NaN-free circular structure
-                return json.dumps(self.redactor.redact(payload), default=_safe_repr)
+                return _ENCODER.encode(payload)
+            except (TypeError, ValueError):  # e.g. a circular structure
+                return _ENCODER.encode(self.redactor.redact(payload))
         except Exception:  # logging must never fail: emit what we safely can
             return json.dumps(
                 {
@@ -374,6 +394,16 @@ class _StdoutHandler(logging.StreamHandler[IO[str]]):
         # A closed or broken stdout must not fail the request that logged.
         pass
 
+    def write_line(self, line: str) -> None:
+        """Write one pre-formatted line, as ``emit`` would."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                stream = sys.stdout
+                stream.write(line + "\n")
+                stream.flush()
+            except Exception:
+                pass
+
 
 class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
@@ -466,8 +496,56 @@ def get_logger(name: str | None = None, **context: Any) -> BoundLogger:
     return BoundLogger(logging.getLogger(name or LOGGER_NAME), context)
 
 
+class AccessLog:
+    """Writes the access line of each request.
+
+    When the only thing listening is the extension's own JSON stdout handler (the
+    usual production set-up), the line is serialised and written directly, without
+    building a ``LogRecord``: that is most of the per-request cost of logging.
+    Any other handler, filter or level set-up takes the ordinary logging path.
+    """
+
+    def __init__(self, fast_handler: logging.Handler | None = None) -> None:
+        self.logger = logging.getLogger(ACCESS_LOGGER_NAME)
+        self._parent = logging.getLogger(LOGGER_NAME)
+        self._root = logging.getLogger()
+        self._fast = fast_handler if isinstance(fast_handler, _StdoutHandler) else None
+
+    def _fast_path(self) -> _StdoutHandler | None:
+        fast = self._fast
+        if fast is None:
+            return None
+        logger, parent, root_handlers = self.logger, self._parent, self._root.handlers
+        if (
+            len(root_handlers) == 1
+            and root_handlers[0] is fast
+            and not logger.handlers
+            and not parent.handlers
+            and logger.propagate
+            and parent.propagate
+            and not logger.filters
+            and not parent.filters
+            and not fast.filters
+            and fast.level <= logging.INFO
+            and type(fast.formatter) is JsonFormatter
+        ):
+            return fast
+        return None
+
+    def write(self, msg: str, fields: dict[str, Any]) -> None:
+        """Log ``msg`` with ``fields`` at info."""
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        fast = self._fast_path()
+        if fast is not None:
+            fast.write_line(fast.formatter.access_line(msg, fields))  # type: ignore[union-attr]
+            return
+        emit(logger, logging.INFO, msg, fields)
+
+
 def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
-    """Log without the caller lookup of ``Logger.info`` (the access log's hot path)."""
+    """Log without the caller lookup of ``Logger.info`` (for hot paths)."""
     if not logger.isEnabledFor(level):
         return
     record = logger.makeRecord(logger.name, level, "(gateway)", 0, msg, (), None, extra=fields)

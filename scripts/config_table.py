@@ -26,7 +26,7 @@ def _default(field: dataclasses.Field[Any]) -> str:
     if value is None:
         return "(unset)"
     if isinstance(value, tuple):
-        return "``[]``" if not value else "``" + ", ".join(value) + "``"
+        return "``[]``" if not value else "``" + ", ".join(str(v) for v in value) + "``"
     if isinstance(value, dict):
         return "``{}``" if not value else f"``{value!r}``"
     return f"``{value!r}``" if isinstance(value, str) else f"``{value}``"

@@ -8,6 +8,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +25,19 @@ from flask_gateway_obs.logs import (
 )
 
 SECRET = "canary-s3cret-value"
+
+
+@pytest.fixture(autouse=True)
+def _only_our_handlers() -> Iterator[None]:
+    """Take the test runner's own capture handlers off the root logger for these tests,
+    so that the production set-up (our handler alone) and its fast path are exercised."""
+    root = logging.getLogger()
+    foreign = [h for h in root.handlers if type(h).__module__.startswith("_pytest")]
+    for handler in foreign:
+        root.removeHandler(handler)
+    yield
+    for handler in foreign:
+        root.addHandler(handler)
 
 
 def json_lines(out: str) -> list[dict[str, Any]]:
@@ -85,6 +99,26 @@ def test_one_access_line_per_request_with_its_fields(make_app, capsys) -> None:
     assert line["user_agent"] == "x" * 256
     assert line["response_size"] == len(response.data)
     assert "abc" not in json.dumps(line)
+
+
+def test_access_line_is_the_same_through_any_handler_set_up(make_app, capsys) -> None:
+    """With a user's handler on root too, the access line keeps the same fields."""
+    app = make_app()
+    app.add_url_rule("/", "i", lambda: "ok")
+    client = app.test_client()
+    client.get("/", headers={"X-Request-ID": "fast"})
+    extra = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(extra)
+    try:
+        client.get("/", headers={"X-Request-ID": "slow"})
+    finally:
+        logging.getLogger().removeHandler(extra)
+    fast, slow = json_lines(capsys.readouterr().out)
+    assert fast.keys() == slow.keys()
+    assert (fast["request_id"], slow["request_id"]) == ("fast", "slow")
+    assert {
+        k: v for k, v in fast.items() if k not in {"timestamp", "request_id", "duration_ms"}
+    } == {k: v for k, v in slow.items() if k not in {"timestamp", "request_id", "duration_ms"}}
 
 
 def test_internal_and_excluded_paths_are_left_out_of_the_access_log(make_app, capsys) -> None:
