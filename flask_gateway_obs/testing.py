@@ -1,4 +1,4 @@
-"""Helpers for users' own tests: capture the extension's log records as dicts."""
+"""Helpers for users' own tests: capture the extension's log records, read a metric."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .logs import JsonFormatter
 
-__all__ = ["LogCapture", "capture_logs"]
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["LogCapture", "capture_logs", "metric_value"]
 
 
 class LogCapture(logging.Handler):
@@ -53,3 +56,24 @@ def capture_logs(logger: str | None = None, level: int = logging.DEBUG) -> Itera
     finally:
         target.removeHandler(capture)
         target.setLevel(previous)
+
+
+def metric_value(app: Flask, name: str, **labels: Any) -> float:
+    """The value of metric sample ``name`` of ``app``, summed over the series whose
+    labels include ``labels`` (``0.0`` when none has been recorded yet).
+
+    Reads what ``/metrics`` would expose (in multiprocess mode, the total over
+    every worker). The namespace may be left out of ``name``.
+
+    .. code-block:: python
+
+        client.get("/items/1")
+        assert metric_value(app, "http_requests_total", route="/items/<int:item_id>",
+                            status=200) == 1
+
+    :raises KeyError: for a name that no metric of the app has.
+    :raises RuntimeError: if the extension or its metrics are off on ``app``.
+    """
+    from .metrics import app_metrics
+
+    return app_metrics(app).sample_value(name, {k: str(v) for k, v in labels.items()})

@@ -1,0 +1,104 @@
+"""gunicorn hooks so ``/metrics`` of any worker reports the total over all workers.
+
+Use the module as gunicorn's config, with ``PROMETHEUS_MULTIPROC_DIR`` set in the
+environment that starts gunicorn::
+
+    PROMETHEUS_MULTIPROC_DIR=/run/gateway-metrics \\
+        gunicorn -c python:flask_gateway_obs.gunicorn --workers 4 "app:create_app()"
+
+or import the hooks into your own ``gunicorn.conf.py``::
+
+    from flask_gateway_obs.gunicorn import child_exit, on_starting  # noqa: F401
+
+- :func:`on_starting` (master, once): creates the directory if needed, removes the
+  metric files a previous run left (their counts would add to this run's), and
+  warns loudly when several workers would each report only their own numbers.
+- :func:`child_exit` (master, per worker that exits): ``mark_process_dead``, so a
+  dead worker's in-flight count and breaker/health states stop counting. Its
+  counters and histograms stay in the files: totals survive worker restarts.
+
+This module imports nothing of prometheus_client at import time: the client picks
+its multiprocess mode when first imported, which must happen with the variable set.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from typing import Any
+
+__all__ = ["check_directory", "child_exit", "clear_directory", "on_starting"]
+
+_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_BANNER = "!" * 72
+
+
+def check_directory(path: str) -> str | None:
+    """Create ``path`` if needed and prove it writable; the problem, or ``None``."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
+
+
+def clear_directory(path: str) -> int:
+    """Remove the metric files (``*.db``) in ``path``; how many were removed."""
+    removed = 0
+    for name in glob.glob(os.path.join(path, "*.db")):
+        try:
+            os.remove(name)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _loud(server: Any, message: str) -> None:
+    server.log.warning("%s\n%s\n%s", _BANNER, message, _BANNER)
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn ``on_starting`` hook: prepare ``PROMETHEUS_MULTIPROC_DIR`` for this run."""
+    workers = int(getattr(server.cfg, "workers", 1) or 1)
+    path = os.environ.get(_ENV)
+    if not path:
+        if workers > 1:
+            _loud(
+                server,
+                f"flask-gateway-obs: {workers} workers but {_ENV} is not set. Each worker "
+                "keeps its own metrics and every /metrics scrape reports ONE worker's "
+                f"numbers. Set {_ENV} to an empty directory writable by the workers.",
+            )
+        return
+    problem = check_directory(path)
+    if problem is not None:
+        if workers > 1:
+            _loud(
+                server,
+                f"flask-gateway-obs: {_ENV}={path!r} is not a writable directory "
+                f"({problem}). Workers cannot share their metrics; they will refuse "
+                "to start with metrics enabled. Create the directory or fix its permissions.",
+            )
+        else:
+            server.log.warning("flask-gateway-obs: %s=%r is unusable (%s)", _ENV, path, problem)
+        return
+    removed = clear_directory(path)
+    if removed:
+        server.log.info("flask-gateway-obs: removed %d stale metric files from %s", removed, path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn ``child_exit`` hook: drop the live gauges of the worker that exited."""
+    path = os.environ.get(_ENV)
+    if not path:
+        return
+    try:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(worker.pid, path)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the master must survive whatever happens here
+        server.log.warning("flask-gateway-obs: mark_process_dead(%s) failed: %s", worker.pid, exc)
