@@ -1,0 +1,398 @@
+"""Built-in health checks: Redis ``PING``, PostgreSQL ``SELECT 1``, memory and disk.
+
+Each check is a callable object that returns a :class:`~flask_gateway_obs.health.CheckResult`
+or raises; the runner in :mod:`flask_gateway_obs.health` times it and bounds it.
+Every network check also carries its own client-side time limits, so the thread
+that runs it ends soon after the runner has given up on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .health import CheckResult, mask_secrets
+
+__all__ = [
+    "DiskCheck",
+    "MemoryCheck",
+    "MemoryLimit",
+    "PostgresCheck",
+    "RedisCheck",
+    "cgroup_memory_limit",
+    "memory_limit",
+    "resident_memory",
+    "system_memory",
+]
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_SELF_CGROUP = "/proc/self/cgroup"
+PROC_MEMINFO = "/proc/meminfo"
+PROC_SELF_STATM = "/proc/self/statm"
+#: cgroup v1 writes "no limit" as a huge number (PAGE_COUNTER_MAX pages); anything above this is it.
+_V1_UNLIMITED = 1 << 60
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+
+class RedisCheck:
+    """``PING`` through a client built from ``url`` (with connect and socket timeouts)
+    or through ``client``, one the application made itself.
+
+    :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+    :param client: a ``redis.Redis`` (its own timeouts apply; the runner still bounds the probe).
+    :param timeout: seconds for connecting and for the answer.
+    """
+
+    def __init__(self, *, url: str | None = None, client: Any = None, timeout: float) -> None:
+        if (url is None) == (client is None):
+            raise ValueError("RedisCheck needs exactly one of url and client")
+        self.url = url
+        self.timeout = timeout
+        # Built (and redis imported) now, at init_app: a first probe that paid for the
+        # import could miss its deadline. No connection is made until the first PING.
+        self._client = client if client is not None else self._client_from_url(url)
+
+    @property
+    def target(self) -> dict[str, Any]:
+        """What the check talks to, for the details (password masked)."""
+        if self.url is not None:
+            return {"url": mask_secrets(self.url)}
+        return {"client": type(self._client).__name__}
+
+    def _client_from_url(self, url: str | None) -> Any:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        assert url is not None
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=self.timeout,
+            socket_timeout=self.timeout,
+            # one attempt: a retry would multiply the time a dead host costs
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            client_name="gateway-obs-health",
+        )
+
+    def __call__(self) -> CheckResult:
+        answer = self._client.ping()
+        if answer is not True and answer not in (b"PONG", "PONG"):
+            return CheckResult.unhealthy("unexpected answer to PING", **self.target)
+        return CheckResult.healthy(**self.target)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+class PostgresCheck:
+    """``SELECT 1`` on a new connection from ``dsn``, or on one borrowed from ``pool``.
+
+    A new connection gets ``connect_timeout`` and a ``statement_timeout``; a pooled one
+    runs the query in a transaction with ``SET LOCAL statement_timeout`` that is then
+    rolled back, and is always handed back (closed when it broke).
+
+    :param dsn: a ``postgresql://`` URL or a libpq ``key=value`` string.
+    :param pool: an object with ``getconn()`` and ``putconn(conn, close=...)``,
+        such as ``psycopg2.pool.ThreadedConnectionPool``.
+    :param timeout: seconds for connecting and for the query.
+    """
+
+    def __init__(self, *, dsn: str | None = None, pool: Any = None, timeout: float) -> None:
+        if (dsn is None) == (pool is None):
+            raise ValueError("PostgresCheck needs exactly one of dsn and pool")
+        if pool is not None and not (hasattr(pool, "getconn") and hasattr(pool, "putconn")):
+            raise TypeError(
+                "set_postgres_pool() takes a DSN string or a pool with getconn() and "
+                f"putconn() (such as psycopg2.pool.ThreadedConnectionPool); got {type(pool)!r}"
+            )
+        self.dsn = dsn
+        self.pool = pool
+        self.timeout = timeout
+        self._statement_ms = max(1, int(timeout * 1000))
+        if dsn is not None:
+            importlib.import_module("psycopg2")  # now, at init_app, not inside the first probe
+
+    @property
+    def target(self) -> dict[str, Any]:
+        """What the check talks to, for the details (password masked)."""
+        if self.dsn is not None:
+            return {"dsn": mask_secrets(self.dsn)}
+        return {"pool": type(self.pool).__name__}
+
+    def __call__(self) -> CheckResult:
+        if self.pool is not None:
+            self._select_from_pool()
+        else:
+            self._select_on_new_connection()
+        return CheckResult.healthy(**self.target)
+
+    def _select_on_new_connection(self) -> None:
+        import psycopg2
+        from psycopg2.extensions import parse_dsn
+
+        assert self.dsn is not None
+        options = parse_dsn(self.dsn).get("options", "")
+        conn = psycopg2.connect(
+            self.dsn,
+            # libpq takes whole seconds (and treats 1 as 2); the runner bounds the rest
+            connect_timeout=max(1, math.ceil(self.timeout)),
+            options=f"{options} -c statement_timeout={self._statement_ms}".strip(),
+            application_name="gateway-obs-health",
+        )
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
+        finally:
+            conn.close()
+
+    def _select_from_pool(self) -> None:
+        conn = self.pool.getconn()
+        broken = True
+        was_autocommit = False
+        try:
+            was_autocommit = bool(conn.autocommit)
+            if was_autocommit:
+                conn.autocommit = False
+            with conn.cursor() as cursor:
+                cursor.execute("SET LOCAL statement_timeout = %s", (self._statement_ms,))
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
+            conn.rollback()
+            if was_autocommit:
+                conn.autocommit = True
+            broken = False
+        finally:
+            closed = bool(getattr(conn, "closed", False))
+            self.pool.putconn(conn, close=broken or closed)
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+class MemoryLimit(NamedTuple):
+    """A memory limit in bytes and where it came from (``cgroup v2``, ``cgroup v1``, ``system``)."""
+
+    limit_bytes: int
+    source: str
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _own_cgroup_paths(self_cgroup: Path) -> tuple[str | None, str | None]:
+    """The process's cgroup path in the v2 hierarchy and in the v1 memory controller."""
+    text = _read_text(self_cgroup)
+    v2 = v1 = None
+    for line in (text or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _walk_up(base: Path, relative: str | None, filename: str) -> list[Path]:
+    """``filename`` in the process's cgroup directory and every ancestor up to ``base``."""
+    found: list[Path] = []
+    parts = [p for p in (relative or "").split("/") if p]
+    while True:
+        candidate = base.joinpath(*parts, filename)
+        if candidate not in found:
+            found.append(candidate)
+        if not parts:
+            return found
+        parts.pop()
+
+
+def _parse_limit(text: str | None, *, v1: bool) -> int | None:
+    if text is None or text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    if value <= 0 or (v1 and value >= _V1_UNLIMITED):
+        return None
+    return value
+
+
+def cgroup_memory_limit(
+    root: str | os.PathLike[str] = CGROUP_ROOT,
+    self_cgroup: str | os.PathLike[str] = PROC_SELF_CGROUP,
+) -> MemoryLimit | None:
+    """The memory limit of the process's cgroup, or ``None`` when there is none.
+
+    cgroup v2 (``memory.max``) first, then v1 (``memory/memory.limit_in_bytes``). The
+    process's own cgroup and its ancestors are read (the smallest limit applies); inside
+    a container the hierarchy is usually mounted at the container's own cgroup, so the
+    mount's root file is read too.
+    """
+    base = Path(root)
+    v2_path, v1_path = _own_cgroup_paths(Path(self_cgroup))
+    limits = [
+        limit
+        for candidate in _walk_up(base, v2_path, "memory.max")
+        if (limit := _parse_limit(_read_text(candidate), v1=False)) is not None
+    ]
+    if limits:
+        return MemoryLimit(min(limits), "cgroup v2")
+    limits = [
+        limit
+        for candidate in _walk_up(base / "memory", v1_path, "memory.limit_in_bytes")
+        if (limit := _parse_limit(_read_text(candidate), v1=True)) is not None
+    ]
+    if limits:
+        return MemoryLimit(min(limits), "cgroup v1")
+    return None
+
+
+def system_memory(meminfo: str | os.PathLike[str] = PROC_MEMINFO) -> int | None:
+    """Total memory of the machine in bytes (``/proc/meminfo``, else psutil when installed)."""
+    text = _read_text(Path(meminfo))
+    for line in (text or "").splitlines():
+        if line.startswith("MemTotal:"):
+            fields = line.split()
+            try:
+                return int(fields[1]) * (1024 if fields[-1].lower() == "kb" else 1)
+            except (IndexError, ValueError):
+                break
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().total)
+
+
+def memory_limit() -> MemoryLimit | None:
+    """The limit that applies to this process: its cgroup's, capped at the machine's total."""
+    total = system_memory()
+    cgroup = cgroup_memory_limit()
+    if cgroup is not None and (total is None or cgroup.limit_bytes < total):
+        return cgroup
+    return MemoryLimit(total, "system") if total is not None else None
+
+
+def resident_memory(statm: str | os.PathLike[str] = PROC_SELF_STATM) -> int | None:
+    """Resident memory of this process in bytes (``/proc/self/statm``, else psutil)."""
+    text = _read_text(Path(statm))
+    if text:
+        try:
+            return int(text.split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (IndexError, ValueError, OSError):
+            pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.Process().memory_info().rss)
+
+
+class MemoryCheck:
+    """The process's resident memory as a share of its limit, against two thresholds.
+
+    :param degraded_percent: at or above this share the check is degraded.
+    :param unhealthy_percent: at or above this share the check is unhealthy.
+    :param read_rss: returns resident bytes (default :func:`resident_memory`).
+    :param read_limit: returns a :class:`MemoryLimit` (default :func:`memory_limit`).
+    """
+
+    def __init__(
+        self,
+        degraded_percent: float = 90.0,
+        unhealthy_percent: float = 95.0,
+        *,
+        read_rss: Callable[[], int | None] = resident_memory,
+        read_limit: Callable[[], MemoryLimit | None] = memory_limit,
+    ) -> None:
+        if degraded_percent > unhealthy_percent:
+            raise ValueError("degraded_percent must not be above unhealthy_percent")
+        self.degraded_percent = degraded_percent
+        self.unhealthy_percent = unhealthy_percent
+        self._read_rss = read_rss
+        self._read_limit = read_limit
+
+    def __call__(self) -> CheckResult:
+        rss = self._read_rss()
+        limit = self._read_limit()
+        if rss is None or limit is None or limit.limit_bytes <= 0:
+            return CheckResult.healthy(measured=False)
+        percent = round(rss * 100.0 / limit.limit_bytes, 2)
+        figures = {
+            "rss_bytes": rss,
+            "limit_bytes": limit.limit_bytes,
+            "limit_source": limit.source,
+            "used_percent": percent,
+        }
+        if percent >= self.unhealthy_percent:
+            reason = f"resident memory at {percent}% of the limit"
+            return CheckResult.unhealthy(reason, **figures)
+        if percent >= self.degraded_percent:
+            return CheckResult.degraded(f"resident memory at {percent}% of the limit", **figures)
+        return CheckResult.healthy(**figures)
+
+
+# --- disk ------------------------------------------------------------------------------------
+
+
+class _DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+class DiskCheck:
+    """Used space of the filesystem that holds ``path``, against two thresholds.
+
+    The share is ``used / (used + free)``, as ``df`` shows it (space reserved for root
+    does not count as free).
+
+    :param usage: returns ``(total, used, free)`` for a path (default ``shutil.disk_usage``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        degraded_percent: float = 90.0,
+        unhealthy_percent: float = 95.0,
+        *,
+        usage: Callable[[str], tuple[int, int, int]] = shutil.disk_usage,
+    ) -> None:
+        if degraded_percent > unhealthy_percent:
+            raise ValueError("degraded_percent must not be above unhealthy_percent")
+        self.path = path
+        self.degraded_percent = degraded_percent
+        self.unhealthy_percent = unhealthy_percent
+        self._usage = usage
+
+    def __call__(self) -> CheckResult:
+        total, used, free = _DiskUsage(*self._usage(self.path))
+        available = used + free
+        percent = round(used * 100.0 / available, 2) if available > 0 else 100.0
+        figures = {
+            "path": self.path,
+            "total_bytes": total,
+            "free_bytes": free,
+            "used_percent": percent,
+        }
+        if percent >= self.unhealthy_percent:
+            return CheckResult.unhealthy(f"disk {percent}% full", **figures)
+        if percent >= self.degraded_percent:
+            return CheckResult.degraded(f"disk {percent}% full", **figures)
+        return CheckResult.healthy(**figures)

@@ -1,0 +1,453 @@
+"""Built-in checks against real Redis and PostgreSQL, injected memory and disk readings,
+cgroup limits parsed from fixture files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_gateway_obs.checks import (
+    DiskCheck,
+    MemoryCheck,
+    MemoryLimit,
+    PostgresCheck,
+    RedisCheck,
+    cgroup_memory_limit,
+    memory_limit,
+    resident_memory,
+    system_memory,
+)
+from flask_gateway_obs.health import DEGRADED, HEALTHY, UNHEALTHY, mask_secrets
+
+from .conftest import free_port
+
+GIB = 1024**3
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+def test_redis_check_pings_the_real_server(redis_url: str) -> None:
+    """PING against the local Redis is healthy and names its target."""
+    result = RedisCheck(url=redis_url, timeout=1.0)()
+    assert result.status == HEALTHY
+    assert result.details["url"] == redis_url
+
+
+def test_redis_check_uses_a_client_given_to_it(redis_url: str) -> None:
+    """A client the application built is used as it is."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=1)
+    try:
+        result = RedisCheck(client=client, timeout=1.0)()
+    finally:
+        client.close()
+    assert result.status == HEALTHY
+    assert result.details == {"client": "Redis"}
+
+
+def test_redis_check_masks_the_password_of_its_url() -> None:
+    """The target shown in details never carries the password of the URL."""
+    check = RedisCheck(url="redis://:s3cret@127.0.0.1:6379/0", timeout=1.0)
+    assert "s3cret" not in str(check.target)
+    assert check.target["url"] == "redis://:***@127.0.0.1:6379/0"
+
+
+def test_redis_check_needs_exactly_one_source() -> None:
+    """Neither or both of url and client is a programming error."""
+    with pytest.raises(ValueError, match="exactly one"):
+        RedisCheck(timeout=1.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        RedisCheck(url="redis://127.0.0.1", client=object(), timeout=1.0)
+
+
+def test_redis_check_refused_connection_raises() -> None:
+    """Nobody listening: the check raises a connection error at once (no retries)."""
+    import redis
+
+    check = RedisCheck(url=f"redis://127.0.0.1:{free_port()}/0", timeout=1.0)
+    with pytest.raises(redis.ConnectionError):
+        check()
+
+
+def test_redis_check_black_hole_gives_up_after_its_socket_timeout(
+    black_hole: tuple[str, int],
+) -> None:
+    """A server that accepts and never answers costs the socket timeout, not forever."""
+    import redis
+
+    host, port = black_hole
+    check = RedisCheck(url=f"redis://{host}:{port}/0", timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        check()
+    assert time.monotonic() - started < 0.3 + 1.0
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def test_postgres_check_selects_one_on_a_new_connection(database_url: str) -> None:
+    """SELECT 1 over a fresh connection from the DSN is healthy."""
+    result = PostgresCheck(dsn=database_url, timeout=2.0)()
+    assert result.status == HEALTHY
+    assert result.details == {"dsn": database_url}
+
+
+def test_postgres_check_keeps_options_of_the_dsn(database_url: str) -> None:
+    """``options`` already in the DSN survive next to the statement timeout."""
+    import psycopg2
+
+    dsn = f"{database_url}?options=-c%20search_path%3Dpublic"
+    assert PostgresCheck(dsn=dsn, timeout=2.0)().status == HEALTHY
+    psycopg2.connect(dsn, connect_timeout=2).close()
+
+
+def test_postgres_check_masks_the_password_of_its_dsn() -> None:
+    """Both URL and key=value DSNs show the password masked."""
+    url_check = PostgresCheck(dsn="postgresql://app:pw123@db.internal/orders", timeout=1.0)
+    kv_check = PostgresCheck(dsn="host=db.internal user=app password=pw123", timeout=1.0)
+    assert url_check.target["dsn"] == "postgresql://app:***@db.internal/orders"
+    assert kv_check.target["dsn"] == "host=db.internal user=app password=***"
+
+
+class CountingPool:
+    """A real psycopg2 pool that counts what is borrowed and returned."""
+
+    def __init__(self, dsn: str) -> None:
+        from psycopg2.pool import ThreadedConnectionPool
+
+        self.pool = ThreadedConnectionPool(1, 1, dsn, connect_timeout=2)
+        self.borrowed = 0
+        self.returned: list[bool] = []
+
+    def getconn(self) -> Any:
+        self.borrowed += 1
+        return self.pool.getconn()
+
+    def putconn(self, conn: Any, close: bool = False) -> None:
+        self.returned.append(close)
+        self.pool.putconn(conn, close=close)
+
+    def closeall(self) -> None:
+        self.pool.closeall()
+
+
+@pytest.fixture
+def counting_pool(database_url: str) -> Any:
+    """A one-connection pool on the real PostgreSQL."""
+    pool = CountingPool(database_url)
+    yield pool
+    pool.closeall()
+
+
+def test_postgres_check_returns_a_pooled_connection(counting_pool: CountingPool) -> None:
+    """Each run borrows the pool's only connection and hands it back, kept open."""
+    check = PostgresCheck(pool=counting_pool, timeout=2.0)
+    for _ in range(3):
+        assert check().status == HEALTHY
+    assert counting_pool.borrowed == 3
+    assert counting_pool.returned == [False, False, False]
+
+
+def test_postgres_check_leaves_no_statement_timeout_on_a_pooled_connection(
+    counting_pool: CountingPool,
+) -> None:
+    """The check's statement timeout is local to its rolled-back transaction."""
+    PostgresCheck(pool=counting_pool, timeout=0.25)()
+    conn = counting_pool.pool.getconn()
+    try:
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+
+        assert conn.get_transaction_status() == TRANSACTION_STATUS_IDLE
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW statement_timeout")
+            assert cursor.fetchone() == ("0",)
+    finally:
+        conn.rollback()
+        counting_pool.pool.putconn(conn)
+
+
+def test_postgres_check_keeps_autocommit_of_a_pooled_connection(
+    counting_pool: CountingPool,
+) -> None:
+    """An autocommit connection is checked in a transaction and handed back in autocommit."""
+    conn = counting_pool.pool.getconn()
+    conn.autocommit = True
+    counting_pool.pool.putconn(conn)
+    assert PostgresCheck(pool=counting_pool, timeout=1.0)().status == HEALTHY
+    conn = counting_pool.pool.getconn()
+    try:
+        assert conn.autocommit is True
+    finally:
+        counting_pool.pool.putconn(conn)
+
+
+def test_postgres_check_returns_a_broken_connection_closed(
+    counting_pool: CountingPool, database_url: str
+) -> None:
+    """A connection killed under the pool is handed back closed; the next run gets a new one."""
+    import psycopg2
+
+    conn = counting_pool.pool.getconn()
+    pid = conn.get_backend_pid()
+    counting_pool.pool.putconn(conn)
+    killer = psycopg2.connect(database_url, connect_timeout=2)
+    try:
+        killer.autocommit = True
+        with killer.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        killer.close()
+    check = PostgresCheck(pool=counting_pool, timeout=2.0)
+    with pytest.raises(psycopg2.Error):
+        check()
+    assert counting_pool.returned == [True]
+    assert check().status == HEALTHY
+    assert counting_pool.returned == [True, False]
+
+
+def test_postgres_check_exhausted_pool_fails_at_once(counting_pool: CountingPool) -> None:
+    """With every pooled connection in use the check fails (it does not wait for one)."""
+    from psycopg2.pool import PoolError
+
+    conn = counting_pool.pool.getconn()
+    try:
+        with pytest.raises(PoolError):
+            PostgresCheck(pool=counting_pool, timeout=1.0)()
+    finally:
+        counting_pool.pool.putconn(conn)
+    assert counting_pool.returned == []
+
+
+def test_postgres_check_refuses_an_object_that_is_no_pool() -> None:
+    """Anything but a DSN or a getconn/putconn pool is a clear TypeError."""
+    with pytest.raises(TypeError, match="getconn"):
+        PostgresCheck(pool=object(), timeout=1.0)
+
+
+def test_postgres_check_black_hole_gives_up_after_connect_timeout(
+    black_hole: tuple[str, int],
+) -> None:
+    """A server that never answers the start-up costs connect_timeout, not forever."""
+    import psycopg2
+
+    host, port = black_hole
+    check = PostgresCheck(dsn=f"postgresql://u:pw@{host}:{port}/db", timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError, match="timeout"):
+        check()
+    assert time.monotonic() - started < 1.0 + 1.0
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+
+def _memory(rss: int | None, limit: int | None) -> MemoryCheck:
+    return MemoryCheck(
+        80.0,
+        90.0,
+        read_rss=lambda: rss,
+        read_limit=lambda: MemoryLimit(limit, "cgroup v2") if limit is not None else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("rss", "expected"),
+    [
+        (0, HEALTHY),
+        (79 * GIB // 100, HEALTHY),
+        (80 * GIB // 100, DEGRADED),
+        (90 * GIB // 100, UNHEALTHY),
+        (2 * GIB, UNHEALTHY),
+    ],
+)
+def test_memory_check_thresholds(rss: int, expected: str) -> None:
+    """Below 80% healthy, from 80% degraded, from 90% unhealthy (of a 1 GiB limit)."""
+    result = _memory(rss, GIB)()
+    assert result.status == expected
+    assert result.details["limit_bytes"] == GIB
+    assert result.details["limit_source"] == "cgroup v2"
+    assert result.details["rss_bytes"] == rss
+
+
+def test_memory_check_reason_gives_the_share() -> None:
+    """A degraded memory check says how full it is."""
+    result = _memory(85 * GIB // 100, GIB)()
+    assert result.reason == "resident memory at 85.0% of the limit"
+
+
+def test_memory_check_without_readings_is_healthy_and_says_so() -> None:
+    """Where memory cannot be measured the check does not fail the app."""
+    assert _memory(None, GIB)().details == {"measured": False}
+    assert _memory(100, None)().details == {"measured": False}
+
+
+def test_memory_check_rejects_inverted_thresholds() -> None:
+    """degraded above unhealthy is a programming error."""
+    with pytest.raises(ValueError, match="degraded_percent"):
+        MemoryCheck(95.0, 90.0)
+
+
+def test_memory_check_with_real_readings() -> None:
+    """On this machine RSS and a limit are readable and the process is far below it."""
+    result = MemoryCheck()()
+    assert result.status == HEALTHY
+    assert 0 < result.details["rss_bytes"] < result.details["limit_bytes"]
+
+
+def _cgroup_fs(tmp_path: Path, files: dict[str, str], self_cgroup: str) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for relative, content in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(self_cgroup)
+    return root, proc
+
+
+def test_cgroup_v2_limit_of_a_container(tmp_path: Path) -> None:
+    """cgroup v2 inside a container: memory.max at the mount's root."""
+    root, proc = _cgroup_fs(tmp_path, {"memory.max": "536870912\n"}, "0::/\n")
+    assert cgroup_memory_limit(root, proc) == MemoryLimit(536870912, "cgroup v2")
+
+
+def test_cgroup_v2_max_means_no_limit(tmp_path: Path) -> None:
+    """``max`` is no limit."""
+    root, proc = _cgroup_fs(tmp_path, {"memory.max": "max\n"}, "0::/\n")
+    assert cgroup_memory_limit(root, proc) is None
+
+
+def test_cgroup_v2_smallest_limit_of_the_ancestors_applies(tmp_path: Path) -> None:
+    """The process's own cgroup is unlimited but its parent slice has a limit."""
+    files = {
+        "memory.max": "max",
+        "app.slice/memory.max": "1073741824",
+        "app.slice/gateway.service/memory.max": "max",
+    }
+    root, proc = _cgroup_fs(tmp_path, files, "0::/app.slice/gateway.service\n")
+    assert cgroup_memory_limit(root, proc) == MemoryLimit(1073741824, "cgroup v2")
+
+
+def test_cgroup_v1_limit(tmp_path: Path) -> None:
+    """cgroup v1: memory/memory.limit_in_bytes, own path first."""
+    files = {
+        "memory/memory.limit_in_bytes": "9223372036854771712",
+        "memory/docker/abc/memory.limit_in_bytes": "268435456",
+    }
+    self_cgroup = "12:memory:/docker/abc\n11:cpu,cpuacct:/docker/abc\n"
+    root, proc = _cgroup_fs(tmp_path, files, self_cgroup)
+    assert cgroup_memory_limit(root, proc) == MemoryLimit(268435456, "cgroup v1")
+
+
+def test_cgroup_v1_huge_value_means_no_limit(tmp_path: Path) -> None:
+    """v1 writes "unlimited" as a page-rounded 2**63."""
+    files = {"memory/memory.limit_in_bytes": "9223372036854771712"}
+    root, proc = _cgroup_fs(tmp_path, files, "4:memory:/\n")
+    assert cgroup_memory_limit(root, proc) is None
+
+
+def test_cgroup_hybrid_layout_reads_the_v1_memory_controller(tmp_path: Path) -> None:
+    """Hybrid hosts have a ``0::/`` line but the memory controller on v1."""
+    files = {
+        "unified/cgroup.procs": "",
+        "memory/memory.limit_in_bytes": "134217728",
+    }
+    root, proc = _cgroup_fs(tmp_path, files, "4:memory:/\n0::/\n")
+    assert cgroup_memory_limit(root, proc) == MemoryLimit(134217728, "cgroup v1")
+
+
+@pytest.mark.parametrize("content", ["", "lots", "-1", "0"])
+def test_cgroup_garbage_is_no_limit(tmp_path: Path, content: str) -> None:
+    """Unreadable values are ignored, not trusted."""
+    root, proc = _cgroup_fs(tmp_path, {"memory.max": content}, "0::/\n")
+    assert cgroup_memory_limit(root, proc) is None
+
+
+def test_cgroup_missing_files_is_no_limit(tmp_path: Path) -> None:
+    """No cgroup filesystem at all (macOS, a sandbox) is no limit."""
+    assert cgroup_memory_limit(tmp_path / "none", tmp_path / "none-either") is None
+
+
+def test_system_memory_from_meminfo(tmp_path: Path) -> None:
+    """MemTotal is read in kB."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        2048000 kB\nMemFree:          100 kB\n")
+    assert system_memory(meminfo) == 2048000 * 1024
+
+
+def test_resident_memory_from_statm(tmp_path: Path) -> None:
+    """statm's second field is resident pages."""
+    import os
+
+    statm = tmp_path / "statm"
+    statm.write_text("1000 250 10 1 0 100 0\n")
+    assert resident_memory(statm) == 250 * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_memory_limit_on_this_machine() -> None:
+    """The real limit is positive and no larger than the machine."""
+    limit = memory_limit()
+    total = system_memory()
+    assert limit is not None and total is not None
+    assert 0 < limit.limit_bytes <= total
+
+
+# --- disk ------------------------------------------------------------------------------------
+
+
+def _disk(used: int, free: int) -> DiskCheck:
+    return DiskCheck("/data", 80.0, 90.0, usage=lambda path: (used + free + 5, used, free))
+
+
+@pytest.mark.parametrize(
+    ("used", "expected"),
+    [(10, HEALTHY), (79, HEALTHY), (80, DEGRADED), (90, UNHEALTHY), (100, UNHEALTHY)],
+)
+def test_disk_check_thresholds(used: int, expected: str) -> None:
+    """Share used of (used + free), against 80% and 90%."""
+    result = _disk(used, 100 - used)()
+    assert result.status == expected
+    assert result.details["path"] == "/data"
+    assert result.details["used_percent"] == float(used)
+
+
+def test_disk_check_on_a_real_path(tmp_path: Path) -> None:
+    """shutil.disk_usage of a real directory gives figures."""
+    result = DiskCheck(str(tmp_path), 100.0, 100.0)()
+    assert result.details["total_bytes"] > 0
+    assert 0 <= result.details["used_percent"] <= 100
+
+
+def test_disk_check_missing_path_raises(tmp_path: Path) -> None:
+    """A path that does not exist fails the check (it is unhealthy, not skipped)."""
+    with pytest.raises(FileNotFoundError):
+        DiskCheck(str(tmp_path / "missing"))()
+
+
+def test_disk_check_rejects_inverted_thresholds() -> None:
+    """degraded above unhealthy is a programming error."""
+    with pytest.raises(ValueError, match="degraded_percent"):
+        DiskCheck("/", 95.0, 90.0)
+
+
+# --- masking ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("postgresql://app:hunter2@db/x", "hunter2"),
+        ("redis://:hunter2@cache:6379/0", "hunter2"),
+        ("host=db password=hunter2 user=app", "hunter2"),
+        ("host=db password='hunter 2' user=app", "hunter 2"),
+        ("FATAL: password authentication failed; PASSWORD=hunter2", "hunter2"),
+    ],
+)
+def test_mask_secrets_hides_passwords(text: str, secret: str) -> None:
+    """Passwords in URLs and key=value DSNs never survive masking."""
+    assert secret not in mask_secrets(text)
