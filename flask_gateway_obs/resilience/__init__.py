@@ -1,0 +1,376 @@
+"""Resilience: named circuit breakers (pybreaker) and retry policies (tenacity), per app.
+
+Each app set up with the extension gets a :class:`Resilience` at
+``app.extensions["gateway_obs"].resilience``: its breakers (created on first use)
+and its retry policies. The decorators :func:`~.breaker.breaker` and
+:func:`~.retry.retry` look it up at call time, so they work at import time.
+Outside an app context they use a process-wide :class:`Resilience` with the
+built-in defaults (memory storage, no metrics).
+
+Composition: retry wraps breaker (see :func:`resilient`). Each attempt passes
+the breaker, so every failure counts towards opening it, and once it opens the
+attempt fails at once with ``CircuitOpenError``, which is never retried: the
+retries stop instead of hammering a dependency known to be down.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from flask import Flask, current_app
+
+from ..config import ConfigError, Keys, Settings
+from ..extension import EXTENSION_KEY, Recorder
+from ..logs import mask_url_credentials
+
+if TYPE_CHECKING:
+    from ..extension import GatewayObs, ObsState
+    from .breaker import BreakerRegistry
+    from .retry import RetryRegistry
+
+__all__ = [
+    "Resilience",
+    "current",
+    "default",
+    "init_app",
+    "of_state",
+    "resilient",
+    "set_breaker_redis_client",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Standalone:
+    """The owner of the process-wide :class:`Resilience`: metrics go nowhere."""
+
+    recorder = Recorder()
+
+
+class Resilience:
+    """The breakers and retry policies of one app.
+
+    pybreaker and tenacity are imported when the first breaker or policy is asked
+    for, so an app that uses neither pays nothing for them.
+
+    :param settings: the app's validated settings.
+    :param service: names the app's shared breaker state in Redis.
+    :param owner: whose ``recorder`` gets the metrics (the app's state).
+    :param redis_client: for breakers with ``storage = redis``.
+    """
+
+    def __init__(
+        self, settings: Settings, service: str, owner: Any, redis_client: Any = None
+    ) -> None:
+        self.settings = settings
+        self.namespace = settings.breaker_redis_namespace or f"gateway_obs:{service}"
+        self._owner = owner
+        self._redis_client = redis_client
+        self._lock = threading.Lock()
+        self._breakers: BreakerRegistry | None = None
+        self._retries: RetryRegistry | None = None
+
+    @property
+    def breakers(self) -> BreakerRegistry:
+        """The app's circuit breakers, by name."""
+        if self._breakers is None:
+            from .breaker import BreakerRegistry
+
+            with self._lock:
+                if self._breakers is None:
+                    self._breakers = BreakerRegistry(
+                        self.settings, self.namespace, self._owner, self._redis_client
+                    )
+        return self._breakers
+
+    @property
+    def retries(self) -> RetryRegistry:
+        """The app's retry policies, by name."""
+        if self._retries is None:
+            from .retry import RetryRegistry
+
+            with self._lock:
+                if self._retries is None:
+                    self._retries = RetryRegistry(self.settings, self._owner)
+        return self._retries
+
+    def set_breaker_redis_client(self, client: Any) -> None:
+        """Share the state of breakers created from now on through ``client``.
+
+        :raises ValueError: if ``client`` has ``decode_responses=True``.
+        """
+        from .breaker import check_redis_client
+
+        check_redis_client(client)
+        self._redis_client = client
+        if self._breakers is not None:
+            self._breakers.set_redis_client(client)
+
+
+def _breaker_redis_url(settings: Settings) -> tuple[str, str] | None:
+    if settings.breaker_redis_url:
+        return Keys.BREAKER_REDIS_URL, settings.breaker_redis_url
+    if settings.redis_url:
+        return Keys.REDIS_URL, settings.redis_url
+    return None
+
+
+def _uses_redis(settings: Settings) -> bool:
+    if settings.breaker_storage == "redis":
+        return True
+    return any(o.get("storage") == "redis" for o in (settings.breakers or {}).values())
+
+
+def _redis_client(settings: Settings) -> Any:
+    """The breakers' Redis client, or ``None``; checks the combination of keys.
+
+    :raises ConfigError: when Redis storage is asked for without a URL, or the URL
+        asks for ``decode_responses``.
+    """
+    if not _uses_redis(settings):
+        return None
+    found = _breaker_redis_url(settings)
+    if found is None:
+        raise ConfigError(
+            [
+                (
+                    Keys.BREAKER_STORAGE,
+                    "redis",
+                    "'memory', or 'redis' together with GATEWAY_OBS_BREAKER_REDIS_URL "
+                    "or GATEWAY_OBS_REDIS_URL",
+                )
+            ]
+        )
+    key, url = found
+    try:
+        import redis
+    except ImportError:
+        raise ConfigError(
+            [
+                (
+                    Keys.BREAKER_STORAGE,
+                    "redis",
+                    "'memory' unless the redis package is installed "
+                    "(pip install 'flask-gateway-obs[redis]')",
+                )
+            ]
+        ) from None
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    timeout = settings.breaker_redis_timeout
+    # Short timeouts and no client-side retries: state calls happen under a
+    # breaker's lock, and a slow Redis must turn into local state quickly.
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    from .breaker import check_redis_client
+
+    try:
+        check_redis_client(client)
+    except ValueError:
+        client.close()
+        raise ConfigError(
+            [
+                (
+                    key,
+                    mask_url_credentials(url),
+                    "a Redis URL without decode_responses=true (breaker state is read "
+                    "as bytes); give other users of Redis their own URL",
+                )
+            ]
+        ) from None
+    return client
+
+
+def init_app(app: Flask, state: ObsState) -> None:
+    """Give ``app`` its breakers and retry policies (no connection is made here).
+
+    :raises ConfigError: for Redis breaker storage without a usable URL.
+    """
+    state.resilience = Resilience(
+        state.settings, state.service, state, _redis_client(state.settings)
+    )
+
+
+_default: Resilience | None = None
+_default_lock = threading.Lock()
+
+
+def default() -> Resilience:
+    """The process-wide :class:`Resilience` used outside an app context."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Resilience(Settings(), "default", _Standalone())
+    return _default
+
+
+def reset_default() -> None:
+    """Forget the process-wide breakers (for tests)."""
+    global _default
+    with _default_lock:
+        _default = None
+
+
+def of_state(state: ObsState) -> Resilience:
+    """The :class:`Resilience` of an app's state (set up by :func:`init_app`)."""
+    found = state.resilience
+    if found is None:
+        raise RuntimeError("resilience is not set up on this app; call init_app first")
+    return found
+
+
+def _current_app() -> Flask | None:
+    try:
+        return cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+    except RuntimeError:
+        return None
+
+
+def current(obs: GatewayObs | None = None, app: Flask | None = None) -> Resilience:
+    """The :class:`Resilience` of the current app (or ``app``), else of ``obs``'s only
+    app, else the process-wide default."""
+    if app is None:
+        app = _current_app()
+    if app is not None:
+        found = getattr(app.extensions.get(EXTENSION_KEY), "resilience", None)
+        if found is not None:
+            return cast(Resilience, found)
+    if obs is not None:
+        return of_state(obs.state())
+    return default()
+
+
+def resolver(get: Callable[[Resilience], T], obs: GatewayObs | None = None) -> Callable[[], T]:
+    """A function returning ``get(current(obs))``, cached for the last app seen
+    (this is the per-call cost of a decorator applied at import time)."""
+    last: tuple[Flask | None, Any] = (None, None)
+
+    def resolve() -> T:
+        nonlocal last
+        app = _current_app()
+        cached = last
+        if app is not None and cached[0] is app:
+            return cast(T, cached[1])
+        value = get(current(obs, app))
+        if app is not None:
+            last = (app, value)
+        return value
+
+    return resolve
+
+
+def set_breaker_redis_client(app: Flask, client: Any) -> None:
+    """Share the state of ``app``'s breakers created from now on through ``client``.
+
+    Call it right after ``init_app``, before the first call through a breaker.
+
+    :raises ValueError: if ``client`` has ``decode_responses=True``.
+    """
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise RuntimeError("flask-gateway-obs is not set up on this app")
+    of_state(state).set_breaker_redis_client(client)
+
+
+def _options(value: Any, what: str) -> tuple[str | None, dict[str, Any]] | None:
+    """``(name, options)`` from ``resilient``'s ``retry=``/``breaker=`` argument."""
+    if value is False:
+        return None
+    if value is None or value is True:
+        return None, {}
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, Mapping):
+        return None, dict(value)
+    raise TypeError(f"{what} must be a name, a dict of options, True or False; got {value!r}")
+
+
+def resilient(
+    name: str,
+    *,
+    retry: str | Mapping[str, Any] | bool | None = None,
+    breaker: str | Mapping[str, Any] | bool | None = None,
+    fallback: Callable[..., Any] | None = None,
+    obs: GatewayObs | None = None,
+) -> Callable[[F], F]:
+    """Retry wrapping a circuit breaker, in one decorator: ``fallback(retry(breaker(fn)))``.
+
+    :param name: names the breaker, the retry policy and the ``operation`` label.
+    :param retry: ``None``/``True`` the policy ``name`` (defaults if not configured),
+        a policy name, a dict of retry options on top of policy ``name``, or ``False``.
+    :param breaker: likewise for the breaker (a dict applies when it is created).
+    :param fallback: ``fallback(error, *args, **kwargs)`` answers when the call still
+        fails after the retries (4xx errors are raised as they are).
+    :param obs: resolve against this extension's app outside an app context.
+    """
+    retry_spec = _options(retry, "retry")
+    breaker_spec = _options(breaker, "breaker")
+
+    def decorate(fn: F) -> F:
+        from .breaker import _decorate as decorate_breaker
+        from .retry import _decorate as decorate_retry
+
+        wrapped: Callable[..., Any] = fn
+        if breaker_spec is not None:
+            breaker_name = breaker_spec[0] or name
+            breaker_options = breaker_spec[1]
+
+            wrapped = decorate_breaker(
+                resolver(lambda r: r.breakers.get(breaker_name, **breaker_options), obs),
+                wrapped,
+                None,
+            )
+        if retry_spec is not None:
+            policy_name = retry_spec[0] or name
+            retry_options = retry_spec[1]
+
+            wrapped = decorate_retry(
+                resolver(lambda r: r.retries.get(policy_name, **retry_options), obs),
+                wrapped,
+                name,
+            )
+        if fallback is not None:
+            wrapped = _with_fallback(wrapped, fallback)
+        return cast(F, wrapped)
+
+    return decorate
+
+
+def _with_fallback(fn: Callable[..., Any], fallback: Callable[..., Any]) -> Callable[..., Any]:
+    from .breaker import client_error
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as error:
+                if client_error(error):
+                    raise
+                result = fallback(error, *args, **kwargs)
+                return await result if inspect.isawaitable(result) else result
+
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            if client_error(error):
+                raise
+            return fallback(error, *args, **kwargs)
+
+    return wrapper

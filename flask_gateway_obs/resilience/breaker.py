@@ -1,0 +1,907 @@
+"""Named circuit breakers: an adapter over pybreaker that runs calls in parallel.
+
+pybreaker keeps the state machine (closed, open, half-open), the counters, the
+storage (memory or Redis) and the listeners. Its ``CircuitBreaker.call`` holds
+one lock for the whole wrapped call, so calls through one breaker run one at a
+time. Here the lock is held only to decide whether a call may go through and to
+record its outcome; the function itself runs outside it:
+
+1. under the lock: read the state (syncing with the storage), turn open into
+   half-open once ``reset_timeout`` has passed, and admit at most
+   ``half_open_max_calls`` trial calls while half-open;
+2. without the lock: call the function (in a worker thread when ``timeout`` is set);
+3. under the lock: hand the outcome to the same pybreaker state object that
+   admitted the call (``_handle_success`` / ``_handle_error``), which counts it and
+   makes the transitions. An outcome that arrives after the state has changed
+   meanwhile is stale and left out of the counts.
+
+Every transition reaches a pybreaker listener that logs it and sets
+``circuit_breaker_state``; every call that reached the dependency is timed into
+``dependency_latency_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import inspect
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+import pybreaker
+from werkzeug.exceptions import HTTPException
+
+from ..config import BREAKER_OPTIONS, Settings, parse_options
+from ..errors import AppError, CircuitOpenError
+from ..logs import LOGGER_NAME
+
+if TYPE_CHECKING:
+    from ..extension import Recorder, RequestObserver  # noqa: F401
+
+__all__ = [
+    "STATE_CODES",
+    "BreakerRegistry",
+    "BreakerSettings",
+    "CallTimeoutError",
+    "CircuitBreaker",
+    "breaker",
+    "client_error",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``circuit_breaker_state`` values.
+STATE_CODES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_OPEN: 1, pybreaker.STATE_HALF_OPEN: 2}
+#: Retry-After of a call refused because every half-open trial slot is taken.
+_TRIALS_BUSY_RETRY_AFTER = 1.0
+#: Worker threads per breaker that run calls with a timeout.
+TIMEOUT_WORKERS = 16
+
+_log = logging.getLogger(LOGGER_NAME + ".breaker")
+
+Exclusion = type[BaseException] | Callable[[BaseException], bool]
+Clock = Callable[[], float]
+
+
+class _HasRecorder(Protocol):
+    @property
+    def recorder(self) -> Recorder: ...
+
+
+class CallTimeoutError(AppError, TimeoutError):
+    """504: a call through a breaker took longer than its ``timeout``.
+
+    The caller stops waiting; the function itself keeps running in its worker
+    thread until it returns on its own (Python cannot stop a thread).
+    """
+
+    status_code = 504
+    default_code = "upstream_timeout"
+
+    def __init__(self, breaker: str, timeout: float) -> None:
+        super().__init__(f"The upstream '{breaker}' did not answer within {timeout:g} s.")
+        self.breaker = breaker
+        self.timeout = timeout
+
+
+# --- classifying errors ------------------------------------------------------------------
+
+
+def status_of(error: BaseException) -> int | None:
+    """The HTTP status an error stands for: an ``AppError``'s, an ``HTTPException``'s,
+    or that of the ``response`` it carries (``requests``, ``httpx``); else ``None``."""
+    if isinstance(error, AppError):
+        return error.status_code
+    if isinstance(error, HTTPException):
+        return error.code
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def client_error(error: BaseException) -> bool:
+    """Default exclusion: a 4xx answer is the caller's fault, not the dependency's.
+
+    Operational ``AppError``s with a 4xx status, werkzeug's 4xx exceptions and errors
+    carrying a 4xx response never count as failures (pybreaker counts them as
+    successes: the dependency answered).
+    """
+    if isinstance(error, AppError) and not error.is_operational:
+        return False
+    status = status_of(error)
+    return status is not None and 400 <= status < 500
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerSettings:
+    """The resolved settings of one named breaker."""
+
+    fail_max: int = 5
+    reset_timeout: float = 30.0
+    success_threshold: int = 1
+    half_open_max_calls: int = 1
+    timeout: float | None = None
+    storage: str = "memory"
+
+    @classmethod
+    def resolve(
+        cls, settings: Settings, name: str, options: Mapping[str, Any] | None = None
+    ) -> BreakerSettings:
+        """Defaults from ``GATEWAY_OBS_BREAKER_*``, then ``GATEWAY_OBS_BREAKERS[name]``,
+        then ``options`` (validated here; :class:`ConfigError` names every bad one)."""
+        values: dict[str, Any] = {
+            "fail_max": settings.breaker_fail_max,
+            "reset_timeout": settings.breaker_reset_timeout,
+            "success_threshold": settings.breaker_success_threshold,
+            "half_open_max_calls": settings.breaker_half_open_max_calls,
+            "timeout": settings.breaker_timeout,
+            "storage": settings.breaker_storage,
+        }
+        values.update((settings.breakers or {}).get(name, {}))
+        if options:
+            values.update(parse_options(f"breaker {name!r}", options, BREAKER_OPTIONS))
+        return cls(**values)
+
+
+# --- pybreaker with an injectable clock ----------------------------------------------------
+
+
+class _PyBreaker(pybreaker.CircuitBreaker):
+    """pybreaker's breaker whose ``opened_at`` comes from an injectable clock."""
+
+    def __init__(self, clock: Clock, **kwargs: Any) -> None:
+        self._clock = clock
+        super().__init__(**kwargs)
+
+    def open(self) -> bool:
+        with self._lock:
+            self._state_storage.opened_at = datetime.fromtimestamp(self._clock(), timezone.utc)
+            self.state = self._state_storage.state = pybreaker.STATE_OPEN
+            return self._throw_new_error_on_trip
+
+
+class _TransitionListener(pybreaker.CircuitBreakerListener):
+    """Logs every transition and sets ``circuit_breaker_state``."""
+
+    def __init__(self, owner: CircuitBreaker) -> None:
+        self._owner = owner
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        self._owner._transitioned(old_state.name if old_state else None, new_state.name)
+
+
+# --- Redis-shared state with a local fallback -----------------------------------------------
+
+
+class _ErrorFlag(logging.Logger):
+    """Stands in for ``CircuitRedisStorage.logger``: pybreaker reports every Redis error
+    through ``logger.exception`` and carries on with a default; this notes it instead."""
+
+    def __init__(self) -> None:
+        super().__init__(LOGGER_NAME + ".breaker.storage")
+        self.last_error: BaseException | None = None
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.last_error = sys.exc_info()[1] or RuntimeError(str(msg))
+
+
+class StorageHealth:
+    """Whether the breakers' Redis is usable; shared by every breaker of one app.
+
+    After an error no breaker touches Redis for ``retry_interval`` seconds (calls
+    would otherwise each wait for a socket timeout, under the breaker's lock); the
+    warning is logged at most once per ``warn_interval``.
+    """
+
+    def __init__(
+        self,
+        retry_interval: float,
+        warn_interval: float = 60.0,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
+        self.retry_interval = retry_interval
+        self.warn_interval = warn_interval
+        self._monotonic = monotonic
+        self._down = False
+        self._retry_at = 0.0
+        self._warned_at: float | None = None
+
+    @property
+    def down(self) -> bool:
+        """Whether the last attempt to use Redis failed."""
+        return self._down
+
+    def usable(self) -> bool:
+        """Whether to try Redis now."""
+        return not self._down or self._monotonic() >= self._retry_at
+
+    def failed(self, error: BaseException, breaker: str) -> None:
+        """Note a Redis error; warn unless a warning went out recently."""
+        now = self._monotonic()
+        self._down = True
+        self._retry_at = now + self.retry_interval
+        if self._warned_at is not None and now - self._warned_at < self.warn_interval:
+            return
+        self._warned_at = now
+        _log.warning(
+            "breaker state storage unavailable; using local state",
+            extra={
+                "breaker": breaker,
+                "error_type": type(error).__name__,
+                "retry_in_s": self.retry_interval,
+            },
+        )
+
+    def succeeded(self) -> None:
+        """Note a working Redis call (logs the recovery once)."""
+        if self._down:
+            self._down = False
+            self._warned_at = None
+            _log.info("breaker state storage reachable again; sharing state through Redis")
+
+
+class SharedStorage(pybreaker.CircuitBreakerStorage):
+    """pybreaker's ``CircuitRedisStorage`` with a local copy to fall back on.
+
+    Every write goes to both; reads come from Redis and refresh the local copy.
+    While Redis is down the breaker works on the local copy (so it still opens and
+    closes in this process) and a warning is logged at a capped rate; when Redis
+    answers again, Redis is the truth again. A Redis error never reaches the caller.
+    """
+
+    def __init__(self, client: Any, namespace: str, health: StorageHealth, breaker: str) -> None:
+        super().__init__("redis")
+        self._client = client
+        self._namespace = namespace
+        self._health = health
+        self._breaker = breaker
+        self._local = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self._flag = _ErrorFlag()
+        self._remote: pybreaker.CircuitRedisStorage | None = None
+
+    def _redis(self) -> pybreaker.CircuitRedisStorage | None:
+        if not self._health.usable():
+            return None
+        if self._remote is None:
+            try:
+                # setnx of the initial keys: a new worker never resets a shared state.
+                remote = pybreaker.CircuitRedisStorage(
+                    pybreaker.STATE_CLOSED, self._client, namespace=self._namespace
+                )
+            except Exception as exc:
+                self._health.failed(exc, self._breaker)
+                return None
+            remote.logger = self._flag
+            self._remote = remote
+        self._flag.last_error = None
+        return self._remote
+
+    def _settle(self, error: BaseException | None) -> bool:
+        """Whether the Redis call just made worked; notes the outcome."""
+        error = error or self._flag.last_error
+        if error is None:
+            self._health.succeeded()
+            return True
+        self._flag.last_error = None
+        self._health.failed(error, self._breaker)
+        return False
+
+    def _write(self, action: Callable[[pybreaker.CircuitBreakerStorage], None]) -> None:
+        action(self._local)
+        remote = self._redis()
+        if remote is None:
+            return
+        try:
+            action(remote)
+        except Exception as exc:
+            self._settle(exc)
+        else:
+            self._settle(None)
+
+    def _read(self, read: Callable[[pybreaker.CircuitBreakerStorage], Any]) -> Any:
+        remote = self._redis()
+        if remote is not None:
+            try:
+                value = read(remote)
+            except Exception as exc:
+                self._settle(exc)
+            else:
+                if self._settle(None):
+                    return value
+        return read(self._local)
+
+    @property
+    def state(self) -> str:
+        value = cast(str, self._read(lambda s: s.state))
+        if value != self._local.state:
+            self._local.state = value
+        return value
+
+    @state.setter
+    def state(self, state: str) -> None:
+        def write(storage: pybreaker.CircuitBreakerStorage) -> None:
+            storage.state = state
+
+        self._write(write)
+
+    def increment_counter(self) -> None:
+        self._write(lambda s: s.increment_counter())
+
+    def reset_counter(self) -> None:
+        self._write(lambda s: s.reset_counter())
+
+    def increment_success_counter(self) -> None:
+        self._write(lambda s: s.increment_success_counter())
+
+    def reset_success_counter(self) -> None:
+        self._write(lambda s: s.reset_success_counter())
+
+    @property
+    def counter(self) -> int:
+        return cast(int, self._read(lambda s: s.counter))
+
+    @property
+    def success_counter(self) -> int:
+        return cast(int, self._read(lambda s: s.success_counter))
+
+    @property
+    def opened_at(self) -> datetime | None:
+        value = cast("datetime | None", self._read(lambda s: s.opened_at))
+        if value is not None:
+            self._local.opened_at = value
+        return value
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        def write(storage: pybreaker.CircuitBreakerStorage) -> None:
+            storage.opened_at = now
+
+        self._write(write)
+
+
+def check_redis_client(client: Any) -> None:
+    """Refuse a client that decodes responses: pybreaker's Redis storage reads bytes.
+
+    :raises ValueError: with what to do instead.
+    """
+    get_kwargs = getattr(client, "get_connection_kwargs", None)
+    if callable(get_kwargs):
+        kwargs = get_kwargs()
+    else:
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if kwargs.get("decode_responses"):
+        raise ValueError(
+            "the Redis client for circuit-breaker state has decode_responses=True, but "
+            "pybreaker's Redis storage reads raw bytes (it calls .decode() on them). Give the "
+            "breakers a client of their own without it, e.g. redis.Redis.from_url(url)."
+        )
+
+
+# --- running a call with a timeout ------------------------------------------------------------
+
+_Task = tuple[
+    "Future[Any]", contextvars.Context, Callable[..., Any], tuple[Any, ...], dict[str, Any]
+]
+
+
+class _TimeoutRunner:
+    """Runs calls on daemon threads so that the caller can stop waiting.
+
+    Daemon threads, not a ``ThreadPoolExecutor``: its threads are joined at exit,
+    so one hung call would keep a worker process from ever exiting.
+    """
+
+    def __init__(self, name: str, max_workers: int = TIMEOUT_WORKERS) -> None:
+        self._name = name
+        self._max = max_workers
+        self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def run(self, breaker: str, timeout: float, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        future: Future[Any] = Future()
+        # The caller's context (request ID, Flask's app and request) goes along.
+        self._tasks.put((future, contextvars.copy_context(), fn, args, kwargs))
+        self._ensure_worker()
+        try:
+            return cast(T, future.result(timeout))
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                raise  # the function's own TimeoutError
+            future.cancel()  # never starts if it is still queued
+            raise CallTimeoutError(breaker, timeout) from None
+
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._idle > 0 or self._threads >= self._max:
+                return
+            self._threads += 1
+            self._idle += 1
+        threading.Thread(
+            target=self._work, name=f"breaker-{self._name}-{self._threads}", daemon=True
+        ).start()
+
+    def _work(self) -> None:
+        while True:
+            future, ctx, fn, args, kwargs = self._tasks.get()
+            with self._lock:
+                self._idle -= 1
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = ctx.run(fn, *args, **kwargs)
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(result)
+            finally:
+                with self._lock:
+                    self._idle += 1
+                del future, ctx, fn, args, kwargs
+
+
+# --- the breaker ---------------------------------------------------------------------------------
+
+#: What the admission step hands to the recording step: the pybreaker state object
+#: that admitted the call, whether the call is a half-open trial, and when it started.
+_Token = tuple[pybreaker.CircuitBreakerState, bool, float]
+
+
+class CircuitBreaker:
+    """One named circuit breaker of one app; calls through it run in parallel.
+
+    Use it as a decorator (``@cb``, ``@cb(fallback=f)``), as ``cb.call(fn, *a, **kw)``
+    or as a context manager (``with cb: ...``). While it is open, calls raise
+    :class:`~flask_gateway_obs.CircuitOpenError` at once without touching the
+    dependency; the call that opens it raises one too, chained to its own error.
+
+    Create breakers with ``obs.circuit_breaker(name)`` or ``@breaker(name)``, not directly.
+
+    :param name: the ``breaker`` label and log field.
+    :param settings: thresholds and timeouts.
+    :param storage: a pybreaker storage (memory, or Redis through :class:`SharedStorage`).
+    :param owner: whose ``recorder`` gets the metrics (read at each use).
+    :param clock: wall-clock seconds (``time.time``); inject one in tests.
+    :param exclude: further exception types or predicates that never count as failures.
+    :param listeners: further pybreaker listeners.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: BreakerSettings,
+        *,
+        storage: pybreaker.CircuitBreakerStorage | None = None,
+        owner: _HasRecorder,
+        clock: Clock = time.time,
+        exclude: Iterable[Exclusion] = (),
+        listeners: Sequence[pybreaker.CircuitBreakerListener] = (),
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._owner = owner
+        self._clock = clock
+        self._user_listeners = tuple(listeners)
+        self._cb = _PyBreaker(
+            clock,
+            fail_max=settings.fail_max,
+            reset_timeout=settings.reset_timeout,
+            success_threshold=settings.success_threshold,
+            exclude=[client_error, *exclude],
+            listeners=[_TransitionListener(self), *self._user_listeners],
+            state_storage=storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED),
+            name=name,
+            throw_new_error_on_trip=False,
+        )
+        self._lock = self._cb._lock
+        self._trials = 0
+        self._runner = _TimeoutRunner(name) if settings.timeout is not None else None
+        self._open_blocks: contextvars.ContextVar[tuple[_Token, ...]] = contextvars.ContextVar(
+            f"breaker_{name}_blocks", default=()
+        )
+        self._report_state(self._cb.current_state)
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self.state}>"
+
+    # --- inspection and manual control ----------------------------------------------------
+
+    @property
+    def underlying(self) -> pybreaker.CircuitBreaker:
+        """The ``pybreaker.CircuitBreaker`` underneath (its listeners, its storage)."""
+        return self._cb
+
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half-open"`` (as the storage says now)."""
+        with self._lock:
+            return str(self._cb.state.name)
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive failures counted so far."""
+        with self._lock:
+            return int(self._cb.fail_counter)
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until an open breaker lets a trial call through; ``None`` unless open."""
+        with self._lock:
+            if self._cb.state.name != pybreaker.STATE_OPEN:
+                return None
+            return max(0.0, self._until_half_open())
+
+    def open(self) -> None:
+        """Open now (e.g. for maintenance of the dependency)."""
+        self._cb.open()
+
+    def half_open(self) -> None:
+        """Let trial calls through now."""
+        self._cb.half_open()
+
+    def close(self) -> None:
+        """Close now and forget the failures counted."""
+        self._cb.close()
+
+    # --- the call protocol -------------------------------------------------------------------
+
+    def _until_half_open(self) -> float:
+        opened_at = self._cb._state_storage.opened_at
+        if opened_at is None:
+            return 0.0
+        return float(opened_at.timestamp() + self.settings.reset_timeout - self._clock())
+
+    def _enter(self) -> _Token:
+        """Admit a call or raise :class:`CircuitOpenError`."""
+        with self._lock:
+            state = self._cb.state
+            name = state.name
+            if name == pybreaker.STATE_OPEN:
+                wait = self._until_half_open()
+                if wait > 0:
+                    raise CircuitOpenError(self.name, retry_after=wait)
+                self._cb.half_open()
+                state = self._cb._state
+                name = state.name
+            trial = name == pybreaker.STATE_HALF_OPEN
+            if trial:
+                if self._trials >= self.settings.half_open_max_calls:
+                    raise CircuitOpenError(self.name, retry_after=_TRIALS_BUSY_RETRY_AFTER)
+                self._trials += 1
+            for listener in self._user_listeners:
+                listener.before_call(self._cb, _no_call)
+        return state, trial, time.perf_counter()
+
+    def _exit(self, token: _Token, error: BaseException | None) -> bool:
+        """Record the outcome of an admitted call; ``True`` if it opened the breaker."""
+        admitted, trial, started = token
+        seconds = time.perf_counter() - started
+        tripped = False
+        failed = error is not None
+        with self._lock:
+            if trial:
+                self._trials -= 1
+            if error is not None and not isinstance(error, Exception):
+                return False  # interrupted (KeyboardInterrupt, SystemExit): no verdict
+            if error is not None:
+                failed = self._cb.is_system_error(error)
+            # An outcome from before a transition is stale: the state that admitted it is gone.
+            if self._cb.state is admitted:
+                if error is None:
+                    admitted._handle_success()
+                else:
+                    try:
+                        admitted._handle_error(error, reraise=False)
+                    except BaseException as raised:
+                        # With throw_new_error_on_trip=False pybreaker re-raises the error
+                        # itself exactly when the failure opened the breaker.
+                        if raised is not error:
+                            raise
+                        tripped = True
+        try:  # noqa: SIM105 - cheaper than contextlib.suppress on every call
+            self._owner.recorder.dependency(self.name, "call", seconds, failed)
+        except Exception:  # instrumentation never breaks a call
+            pass
+        return tripped
+
+    def _opened(self, error: BaseException) -> CircuitOpenError:
+        opened = CircuitOpenError(self.name, retry_after=self.settings.reset_timeout)
+        opened.__cause__ = error
+        return opened
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``fn(*args, **kwargs)`` through the breaker.
+
+        :raises CircuitOpenError: while open, or when this call's failure opened it.
+        :raises CallTimeoutError: when ``timeout`` is set and the call took longer.
+        """
+        token = self._enter()
+        try:
+            if self._runner is None:
+                result = fn(*args, **kwargs)
+            else:
+                result = self._runner.run(
+                    self.name, cast(float, self.settings.timeout), fn, args, kwargs
+                )
+        except BaseException as error:
+            if self._exit(token, error):
+                raise self._opened(error) from error
+            raise
+        self._exit(token, None)
+        return result
+
+    async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Await ``fn(*args, **kwargs)`` through the breaker; a ``timeout`` cancels it."""
+        token = self._enter()
+        try:
+            if self.settings.timeout is None:
+                result = await fn(*args, **kwargs)
+            else:
+                task = asyncio.ensure_future(fn(*args, **kwargs))
+                try:
+                    done, _ = await asyncio.wait({task}, timeout=self.settings.timeout)
+                finally:
+                    if not task.done():  # timed out, or the caller was cancelled
+                        task.cancel()
+                if not done:
+                    raise CallTimeoutError(self.name, self.settings.timeout)
+                result = task.result()
+        except BaseException as error:
+            if self._exit(token, error):
+                raise self._opened(error) from error
+            raise
+        self._exit(token, None)
+        return result
+
+    def __enter__(self) -> CircuitBreaker:
+        token = self._enter()
+        self._open_blocks.set((*self._open_blocks.get(), token))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        blocks = self._open_blocks.get()
+        self._open_blocks.set(blocks[:-1])
+        if self._exit(blocks[-1], exc) and exc is not None:
+            raise self._opened(exc) from exc
+
+    def is_failure(self, error: BaseException) -> bool:
+        """Whether ``error`` counts against the dependency (and so calls the fallback)."""
+        if isinstance(error, CircuitOpenError):
+            return True
+        return isinstance(error, Exception) and bool(self._cb.is_system_error(error))
+
+    def __call__(
+        self, fn: F | None = None, /, *, fallback: Callable[..., Any] | None = None
+    ) -> Any:
+        """Decorate ``fn`` (``@cb`` or ``@cb(fallback=f)``).
+
+        ``fallback(error, *args, **kwargs)`` is returned instead when the breaker
+        is open or the call failed; errors excluded from counting (4xx) still raise.
+        """
+        if fn is None:
+            return functools.partial(self.__call__, fallback=fallback)
+        resolve = functools.partial(_constant, self)
+        return _decorate(resolve, fn, fallback)
+
+    # --- listener side ----------------------------------------------------------------------------
+
+    def _report_state(self, state: str) -> None:
+        with contextlib.suppress(Exception):  # instrumentation never breaks a call
+            self._owner.recorder.breaker_state(self.name, STATE_CODES.get(state, 0))
+
+    def _transitioned(self, old: str | None, new: str) -> None:
+        try:
+            failures = int(self._cb._state_storage.counter)
+            fields = {
+                "breaker": self.name,
+                "from_state": old,
+                "to_state": new,
+                "failure_count": failures,
+            }
+            level = logging.WARNING if new == pybreaker.STATE_OPEN else logging.INFO
+            _log.log(level, "circuit breaker %s: %s -> %s", self.name, old, new, extra=fields)
+        except Exception:  # instrumentation never breaks a call
+            pass
+        self._report_state(new)
+
+
+def _no_call() -> None:
+    """What user listeners' ``before_call`` sees as the function (it runs later)."""
+
+
+def _constant(value: T) -> T:
+    return value
+
+
+def _decorate(
+    resolve: Callable[[], CircuitBreaker], fn: F, fallback: Callable[..., Any] | None
+) -> F:
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            cb = resolve()
+            if fallback is None:
+                return await cb.call_async(fn, *args, **kwargs)
+            try:
+                return await cb.call_async(fn, *args, **kwargs)
+            except Exception as error:
+                if not cb.is_failure(error):
+                    raise
+                result = fallback(error, *args, **kwargs)
+                return await result if inspect.isawaitable(result) else result
+
+        return cast(F, async_wrapper)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cb = resolve()
+        if fallback is None:
+            return cb.call(fn, *args, **kwargs)
+        try:
+            return cb.call(fn, *args, **kwargs)
+        except Exception as error:
+            if not cb.is_failure(error):
+                raise
+            return fallback(error, *args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+# --- the per-app registry ---------------------------------------------------------------------
+
+_HOOKS = frozenset({"clock", "exclude", "listeners"})
+
+
+class BreakerRegistry:
+    """The named breakers of one app, created on first use.
+
+    :param settings: the app's settings (defaults and per-name overrides).
+    :param namespace: Redis key prefix of this app's shared breaker state.
+    :param owner: whose ``recorder`` gets the metrics.
+    :param redis_client: client for ``storage = redis`` (checked here).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        namespace: str,
+        owner: _HasRecorder,
+        redis_client: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.namespace = namespace
+        self._owner = owner
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._options: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.health = StorageHealth(settings.breaker_redis_retry_interval)
+        self._redis: Any = None
+        if redis_client is not None:
+            self.set_redis_client(redis_client)
+
+    def set_redis_client(self, client: Any) -> None:
+        """Share the state of breakers created from now on through ``client``.
+
+        :raises ValueError: if ``client`` has ``decode_responses=True``.
+        """
+        check_redis_client(client)
+        self._redis = client
+
+    def names(self) -> list[str]:
+        """Names of the breakers created so far."""
+        return sorted(self._breakers)
+
+    def get(self, name: str, **options: Any) -> CircuitBreaker:
+        """The breaker called ``name``, created now if it is new.
+
+        ``options`` (the settings' option names, plus ``clock``, ``exclude`` and
+        ``listeners``) apply when the breaker is created; asking again for the same
+        name with different options is an error, with none it returns the breaker.
+
+        :raises ConfigError: for an unknown or invalid option.
+        :raises ValueError: when the breaker exists with other options, or
+            ``storage="redis"`` has no Redis client.
+        """
+        found = self._breakers.get(name)
+        if found is not None and (not options or self._options.get(name) == options):
+            return found
+        with self._lock:
+            found = self._breakers.get(name)
+            if found is not None:
+                if options and self._options.get(name) != options:
+                    raise ValueError(
+                        f"circuit breaker {name!r} already exists with options "
+                        f"{self._options.get(name) or {}!r}; got {options!r}. Give each "
+                        "configuration its own name, or set the options in one place "
+                        "(GATEWAY_OBS_BREAKERS)."
+                    )
+                return found
+            created = self._create(name, options)
+            self._breakers[name] = created
+            self._options[name] = dict(options)
+            return created
+
+    def _create(self, name: str, options: Mapping[str, Any]) -> CircuitBreaker:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a circuit breaker needs a non-empty name, got {name!r}")
+        hooks = {k: v for k, v in options.items() if k in _HOOKS}
+        settings = BreakerSettings.resolve(
+            self.settings, name, {k: v for k, v in options.items() if k not in _HOOKS}
+        )
+        storage: pybreaker.CircuitBreakerStorage | None = None
+        if settings.storage == "redis":
+            if self._redis is None:
+                raise ValueError(
+                    f"circuit breaker {name!r} uses storage 'redis' but no Redis is set: "
+                    "set GATEWAY_OBS_BREAKER_REDIS_URL or GATEWAY_OBS_REDIS_URL"
+                )
+            storage = SharedStorage(self._redis, f"{self.namespace}:{name}", self.health, name)
+        return CircuitBreaker(
+            name,
+            settings,
+            storage=storage,
+            owner=self._owner,
+            clock=hooks.get("clock", time.time),
+            exclude=tuple(hooks.get("exclude", ())),
+            listeners=tuple(hooks.get("listeners", ())),
+        )
+
+
+# --- the import-time decorator ------------------------------------------------------------------
+
+
+def breaker(
+    name: str, *, fallback: Callable[..., Any] | None = None, **options: Any
+) -> Callable[[F], F]:
+    """Decorate a function so each call goes through the current app's breaker ``name``.
+
+    Usable at import time: the app is looked up at call time
+    (``flask.current_app``), and the breaker is created on its first call from
+    ``GATEWAY_OBS_BREAKER_*``, ``GATEWAY_OBS_BREAKERS[name]`` and ``options``.
+    Outside an app context a process-wide set of breakers with the built-in
+    defaults (memory storage, no metrics) is used.
+
+    .. code-block:: python
+
+        @breaker("payments", fallback=lambda error, order_id: {"status": "pending"})
+        def charge(order_id): ...
+
+    :param name: the breaker's name (``breaker`` label of the metrics).
+    :param fallback: ``fallback(error, *args, **kwargs)`` answers instead when the
+        breaker is open or the call failed.
+    :param options: ``fail_max``, ``reset_timeout``, ``success_threshold``,
+        ``half_open_max_calls``, ``timeout``, ``storage``, ``exclude``, ``clock``, ``listeners``.
+    """
+    from . import resolver
+
+    def decorate(fn: F) -> F:
+        return _decorate(resolver(lambda r: r.breakers.get(name, **options)), fn, fallback)
+
+    return decorate
