@@ -1,0 +1,746 @@
+"""Rate limiting: problem+json 429s, shared limits in Redis, fail-open/closed, client identity."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Blueprint, Flask, request
+from flask_limiter import Limiter
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from flask_gateway_obs import ConfigError, GatewayObs, ServiceUnavailableError
+from flask_gateway_obs.config import Keys
+from flask_gateway_obs.extension import Recorder
+from flask_gateway_obs.ratelimit import (
+    DeferredLimiter,
+    GatewayLimiter,
+    client_address,
+    storage_uri,
+)
+from flask_gateway_obs.testing import capture_logs, metric_value
+
+ITEM_ROUTE = "/items/<int:item_id>"
+CLIENT = {"REMOTE_ADDR": "192.0.2.7"}
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RecordingRecorder(Recorder):
+    """Keeps what the limiter reports instead of counting it."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, str]] = []
+        self.breaches: list[str] = []
+
+    def error(self, error_type: str, source: str) -> None:
+        self.errors.append((error_type, source))
+
+    def rate_limit_exceeded(self, route: str) -> None:
+        self.breaches.append(route)
+
+
+@pytest.fixture
+def make_app(make_app: Callable[..., Flask]) -> Iterator[Callable[..., Flask]]:
+    """The shared app factory, closing the Redis connections of its apps' limiters at the end."""
+    apps: list[Flask] = []
+
+    def factory(*args: Any, **kwargs: Any) -> Flask:
+        app = make_app(*args, **kwargs)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        state = app.extensions.get("gateway_obs")
+        limiter = getattr(state, "limiter", None)
+        if isinstance(limiter, GatewayLimiter) and limiter.initialized:
+            storage = limiter.storage
+            if isinstance(storage, RedisStorage):
+                storage.storage.close()
+
+
+def limiter_of(app: Flask) -> GatewayLimiter:
+    limiter = app.extensions["gateway_obs"].limiter
+    assert isinstance(limiter, GatewayLimiter)
+    return limiter
+
+
+def add_routes(app: Flask, item_limit: str = "3/minute", **limit_options: Any) -> Flask:
+    """``/items/<id>`` limited per route, ``/free`` under the defaults, ``/exempt`` never."""
+    limiter = limiter_of(app)
+
+    @app.get(ITEM_ROUTE)
+    @limiter.limit(item_limit, **limit_options)
+    def item(item_id: int) -> dict[str, Any]:
+        return {"id": item_id}
+
+    @app.get("/free")
+    def free() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/exempt")
+    @limiter.exempt
+    def exempt() -> dict[str, Any]:
+        return {"ok": True}
+
+    return app
+
+
+def statuses(client: Any, path: str, count: int, **kwargs: Any) -> list[int]:
+    return [client.get(path, environ_base=CLIENT, **kwargs).status_code for _ in range(count)]
+
+
+def problem(response: Any) -> dict[str, Any]:
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = json.loads(response.data)
+    assert body["status"] == response.status_code
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    return body
+
+
+def count_commands(monkeypatch: pytest.MonkeyPatch, limiter: GatewayLimiter) -> list[str]:
+    """Every command the limiter's Redis client sends from now on (each one a backend attempt)."""
+    storage = limiter.storage
+    assert isinstance(storage, RedisStorage)
+    client = storage.storage
+    sent: list[str] = []
+    original = client.execute_command
+
+    def counting(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return original(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", counting)
+    return sent
+
+
+def unique_service() -> str:
+    return f"rl-test-{uuid.uuid4().hex[:12]}"
+
+
+# --- in memory -----------------------------------------------------------------------------
+
+
+def test_request_over_the_limit_gets_problem_json_429_with_retry_after(make_app) -> None:
+    """The N+1th request is a problem+json 429 with Retry-After and the X-RateLimit headers."""
+    client = add_routes(make_app()).test_client()
+    ok = [client.get("/items/1", environ_base=CLIENT) for _ in range(3)]
+    assert [r.status_code for r in ok] == [200, 200, 200]
+    assert [r.headers["X-RateLimit-Remaining"] for r in ok] == ["2", "1", "0"]
+    assert all(r.headers["X-RateLimit-Limit"] == "3" for r in ok)
+    assert int(ok[0].headers["X-RateLimit-Reset"]) > time.time()
+    assert "Retry-After" not in ok[0].headers  # it means something only on the 429
+
+    refused = client.get("/items/1", environ_base=CLIENT)
+    assert refused.status_code == 429
+    body = problem(refused)
+    assert body["code"] == "too_many_requests"
+    assert body["title"] == "Too Many Requests"
+    assert body["detail"] == "Rate limit exceeded: 3 per 1 minute."
+    assert body["instance"] == "/items/1"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_limit_counts_per_route_and_per_client(make_app) -> None:
+    """Another client, and another route, each have their own count."""
+    client = add_routes(make_app(), "1/minute").test_client()
+    assert statuses(client, "/items/1", 2) == [200, 429]
+    other = client.get("/items/1", environ_base={"REMOTE_ADDR": "192.0.2.8"})
+    assert other.status_code == 200
+    assert statuses(client, "/free", 3) == [200, 200, 200]
+
+
+def test_nothing_is_limited_without_a_limit(make_app) -> None:
+    """With no RATELIMIT_DEFAULT, undecorated routes are never limited and carry no headers."""
+    client = add_routes(make_app()).test_client()
+    responses = [client.get("/free", environ_base=CLIENT) for _ in range(20)]
+    assert {r.status_code for r in responses} == {200}
+    assert "X-RateLimit-Limit" not in responses[-1].headers
+
+
+def test_ratelimit_default_limits_every_route_except_exempt_ones(make_app) -> None:
+    """RATELIMIT_DEFAULT applies to undecorated routes; @exempt and decorated ones keep theirs."""
+    client = add_routes(make_app({"RATELIMIT_DEFAULT": "2/minute"})).test_client()
+    assert statuses(client, "/free", 3) == [200, 200, 429]
+    assert statuses(client, "/exempt", 5) == [200] * 5
+    assert statuses(client, "/items/1", 4) == [200, 200, 200, 429]
+
+
+def test_a_limited_routes_own_retry_after_is_left_alone(make_app) -> None:
+    """A 503 with its own Retry-After (an open breaker) keeps it under a rate limit."""
+    app = make_app({"RATELIMIT_DEFAULT": "100/minute"})
+
+    @app.get("/upstream")
+    def upstream() -> dict[str, Any]:
+        raise ServiceUnavailableError("upstream down", retry_after=10)
+
+    response = app.test_client().get("/upstream", environ_base=CLIENT)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "10"
+    assert response.headers["X-RateLimit-Remaining"] == "99"
+
+
+def test_retry_after_is_set_even_with_rate_limit_headers_off(make_app) -> None:
+    """RATELIMIT_HEADERS_ENABLED=False drops X-RateLimit-*, but a 429 still has Retry-After."""
+    client = add_routes(make_app({"RATELIMIT_HEADERS_ENABLED": False}), "1/minute").test_client()
+    ok = client.get("/items/1", environ_base=CLIENT)
+    assert "X-RateLimit-Limit" not in ok.headers and "Retry-After" not in ok.headers
+    refused = client.get("/items/1", environ_base=CLIENT)
+    assert refused.status_code == 429
+    assert "X-RateLimit-Limit" not in refused.headers
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+
+
+def test_internal_endpoints_are_never_limited(make_app) -> None:
+    """Health, metrics and any path marked internal pass even under strict application limits."""
+    app = make_app({"RATELIMIT_DEFAULT": "1/minute", "RATELIMIT_APPLICATION": "1/minute"})
+    state = app.extensions["gateway_obs"]
+
+    @app.get("/internal/probe")
+    def probe() -> dict[str, Any]:
+        return {"ok": True}
+
+    state.add_internal_path("/internal/probe")
+    add_routes(app)
+    client = app.test_client()
+    served = {rule.rule for rule in app.url_map.iter_rules()}
+    internal = sorted(path for path in state.internal_paths if path in served)
+    assert "/internal/probe" in internal
+    for path in internal:
+        for _ in range(4):
+            response = client.get(path, environ_base=CLIENT)
+            assert response.status_code != 429, path
+            assert "X-RateLimit-Limit" not in response.headers
+    assert statuses(client, "/free", 2) == [200, 429]
+
+
+def test_memory_storage_is_chosen_without_a_warning(make_app) -> None:
+    """Without a storage setting the limiter uses memory and Flask-Limiter does not warn."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        app = make_app()
+    assert not caught
+    assert isinstance(limiter_of(app).storage, MemoryStorage)
+
+
+def test_flask_limiter_keys_keep_their_meaning(make_app) -> None:
+    """RATELIMIT_* keys are Flask-Limiter's: strategy, header names and its own switch."""
+    app = add_routes(
+        make_app({"RATELIMIT_STRATEGY": "moving-window", "RATELIMIT_HEADER_LIMIT": "X-Quota"})
+    )
+    assert isinstance(limiter_of(app).limiter, MovingWindowRateLimiter)
+    assert app.test_client().get("/items/1", environ_base=CLIENT).headers["X-Quota"] == "3"
+
+    off = add_routes(make_app({"RATELIMIT_ENABLED": False}), "1/minute")
+    assert statuses(off.test_client(), "/items/1", 3) == [200, 200, 200]
+
+
+def test_disabled_rate_limiting_limits_nothing(make_app) -> None:
+    """GATEWAY_OBS_RATELIMIT_ENABLED=False: decorators still apply, nothing is counted."""
+    app = make_app({Keys.RATELIMIT_ENABLED: False, "RATELIMIT_DEFAULT": "1/minute"})
+    limiter = app.extensions["gateway_obs"].limiter
+    assert isinstance(limiter, Limiter) and not isinstance(limiter, GatewayLimiter)
+
+    @app.get("/items/<int:item_id>")
+    @limiter.limit("1/minute")
+    def item(item_id: int) -> dict[str, Any]:
+        return {"id": item_id}
+
+    responses = [app.test_client().get("/items/1", environ_base=CLIENT) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert "X-RateLimit-Limit" not in responses[-1].headers
+
+
+def test_bad_ratelimit_settings_fail_init_naming_every_key(make_app) -> None:
+    """Bad values of our keys fail at init_app with one error naming each of them."""
+    with pytest.raises(ConfigError) as caught:
+        make_app(
+            {
+                Keys.TRUSTED_PROXIES: -1,
+                Keys.RATELIMIT_KEY_FUNC: "no_such_module_here:key",
+                Keys.RATELIMIT_PROBE_INTERVAL: 0,
+                Keys.RATELIMIT_STORAGE_TIMEOUT: "soon",
+                Keys.RATELIMIT_FAIL_CLOSED: "maybe",
+            }
+        )
+    named = {key for key, _, _ in caught.value.problems}
+    assert named == {
+        Keys.TRUSTED_PROXIES,
+        Keys.RATELIMIT_KEY_FUNC,
+        Keys.RATELIMIT_PROBE_INTERVAL,
+        Keys.RATELIMIT_STORAGE_TIMEOUT,
+        Keys.RATELIMIT_FAIL_CLOSED,
+    }
+
+
+def test_unexpected_error_in_a_key_function_is_not_taken_for_a_storage_outage(make_app) -> None:
+    """A bug in a key function is a 500 (hidden text), not a silently disabled limiter."""
+
+    def broken_key() -> str:
+        raise ValueError("key function bug with secret hunter2")
+
+    app = add_routes(make_app({Keys.RATELIMIT_KEY_FUNC: broken_key}))
+    response = app.test_client().get("/items/1", environ_base=CLIENT)
+    assert response.status_code == 500 and b"hunter2" not in response.data
+    assert not limiter_of(app).storage_down
+
+
+# --- breach reporting ------------------------------------------------------------------------
+
+
+def test_breach_is_counted_by_route_template_and_logged_with_the_request_id(make_app) -> None:
+    """Each 429 adds one to rate_limit_exceeded_total{route} and logs at info with request_id."""
+    app = add_routes(make_app(), "1/minute")
+    client = app.test_client()
+    client.get("/items/1", environ_base=CLIENT)
+    with capture_logs("flask_gateway_obs.ratelimit") as logs:
+        refused = client.get("/items/1", environ_base=CLIENT, headers={"X-Request-ID": "rl-1"})
+        other = client.get("/items/2", environ_base=CLIENT)  # same route: same count
+    assert refused.status_code == 429 and other.status_code == 429
+    assert metric_value(app, "rate_limit_exceeded_total", route=ITEM_ROUTE) == 2
+    records = logs.find(message="rate limit exceeded")
+    assert len(records) == 2
+    first = records[0]
+    assert first["level"] == "info" and first["request_id"] == "rl-1"
+    assert first["route"] == ITEM_ROUTE and first["method"] == "GET"
+    assert first["rate_limit"] == "1 per 1 minute" and first["retry_after"] >= 1
+    assert "192.0.2.7" not in json.dumps(records)  # the key (an address, maybe a token) stays out
+
+
+def test_breach_reports_to_the_recorder(make_app) -> None:
+    """Concerns report through state.recorder: one rate_limit_exceeded(route) per breach."""
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "1/minute"}))
+    recorder = RecordingRecorder()
+    app.extensions["gateway_obs"].recorder = recorder
+    statuses(app.test_client(), "/free", 3)
+    assert recorder.breaches == ["/free", "/free"]
+
+
+# --- client identity ---------------------------------------------------------------------------
+
+
+def test_rotating_x_forwarded_for_does_not_reset_the_limit_without_trusted_proxies(
+    make_app,
+) -> None:
+    """With no trusted proxy the socket address counts, whatever X-Forwarded-For says."""
+    client = add_routes(make_app({"RATELIMIT_DEFAULT": "2/minute"})).test_client()
+    codes = [
+        client.get(
+            "/free", environ_base=CLIENT, headers={"X-Forwarded-For": f"198.51.100.{i}"}
+        ).status_code
+        for i in range(4)
+    ]
+    assert codes == [200, 200, 429, 429]
+
+
+def test_one_trusted_proxy_counts_the_address_that_proxy_saw(make_app) -> None:
+    """With one trusted proxy the rightmost hop is the client; what the client sent is ignored."""
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "2/minute", Keys.TRUSTED_PROXIES: 1}))
+    client = app.test_client()
+    proxy = {"REMOTE_ADDR": "10.0.0.1"}
+
+    def get(forwarded: str) -> int:
+        headers = {"X-Forwarded-For": forwarded}
+        return int(client.get("/free", environ_base=proxy, headers=headers).status_code)
+
+    # The client rotates a forged first hop; the proxy appends the address it saw.
+    assert [get(f"198.51.100.{i}, 203.0.113.5") for i in range(3)] == [200, 200, 429]
+    assert get("203.0.113.9") == 200  # another client, its own count
+    assert get("198.51.100.77,203.0.113.9") == 200
+    assert get("203.0.113.9") == 429
+
+
+@pytest.mark.parametrize(
+    ("trusted", "forwarded", "expected"),
+    [
+        (0, "198.51.100.1", "10.0.0.1"),
+        (1, "198.51.100.1, 203.0.113.5", "203.0.113.5"),
+        (2, "198.51.100.1, 203.0.113.5, 10.0.0.2", "203.0.113.5"),
+        (2, "203.0.113.5", "10.0.0.1"),  # fewer hops than proxies: the socket address
+        (1, " , ", "10.0.0.1"),  # an empty hop: the socket address
+        (1, None, "10.0.0.1"),
+        (3, "a, b, c", "a"),
+    ],
+)
+def test_client_address_follows_proxyfix(
+    trusted: int, forwarded: str | None, expected: str
+) -> None:
+    """The Nth address from the right of X-Forwarded-For, as werkzeug's ProxyFix picks it."""
+    app = Flask("keys")
+    headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}
+    with app.test_request_context(headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.1"}):
+        assert client_address(trusted)() == expected
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        client_address(-1)
+
+
+def api_key() -> str:
+    """A key function named by import string in a test."""
+    return request.headers.get("X-API-Key", "anonymous")
+
+
+def test_key_function_can_be_set_by_import_string(make_app) -> None:
+    """GATEWAY_OBS_RATELIMIT_KEY_FUNC names who a limit counts (here: the API key)."""
+    app = add_routes(
+        make_app({Keys.RATELIMIT_KEY_FUNC: "tests.test_ratelimit:api_key"}), "1/minute"
+    )
+    client = app.test_client()
+
+    def get(key: str, addr: str) -> int:
+        response = client.get(
+            "/items/1", headers={"X-API-Key": key}, environ_base={"REMOTE_ADDR": addr}
+        )
+        return int(response.status_code)
+
+    assert get("k1", "192.0.2.1") == 200
+    assert get("k1", "192.0.2.2") == 429  # same key from another address
+    assert get("k2", "192.0.2.1") == 200
+
+
+# --- obs.limiter before and across apps ----------------------------------------------------------
+
+
+def test_decorators_applied_before_any_app_count_per_app(make_app) -> None:
+    """@obs.limiter.limit at import time works in every app, each app counting on its own."""
+    obs = GatewayObs()
+    assert isinstance(obs.limiter, DeferredLimiter)
+
+    @obs.limiter.limit("2/minute")
+    def ping() -> str:
+        return "pong"
+
+    def create() -> Flask:
+        app = make_app(init=False)
+        obs.init_app(app)
+        app.add_url_rule("/ping", view_func=ping)
+        return app
+
+    first, second = create(), create()
+    assert statuses(first.test_client(), "/ping", 3) == [200, 200, 429]
+    assert statuses(second.test_client(), "/ping", 3) == [200, 200, 429]
+    with first.app_context():
+        assert obs.limiter is limiter_of(first)
+    with second.app_context():
+        assert obs.limiter is limiter_of(second)
+    assert limiter_of(first).storage is not limiter_of(second).storage
+
+
+def test_stacked_deferred_limits_count_each_request_once(make_app) -> None:
+    """Two stacked decorators: both limits apply, each request counted once in each."""
+    obs = GatewayObs()
+
+    @obs.limiter.limit("5/minute")
+    @obs.limiter.limit("2/minute")
+    def ping() -> str:
+        return "pong"
+
+    app = make_app(init=False)
+    obs.init_app(app)
+    app.add_url_rule("/ping", view_func=ping)
+    assert statuses(app.test_client(), "/ping", 3) == [200, 200, 429]
+
+
+def test_views_defined_in_a_factory_count_per_app(make_app) -> None:
+    """Views decorated inside an app factory (after init_app, no app context) count per app."""
+    obs = GatewayObs()
+
+    def create() -> Flask:
+        app = make_app({"RATELIMIT_DEFAULT": "100/minute"}, init=False)
+        obs.init_app(app)
+
+        @app.get("/ping")
+        @obs.limiter.limit("2/minute", key_func=lambda: "everyone")
+        def ping() -> str:
+            return "pong"
+
+        return app
+
+    apps = [create() for _ in range(3)]
+    for app in apps:
+        client = app.test_client()
+        assert statuses(client, "/ping", 3) == [200, 200, 429]
+        # The route's limit overrides the default: 100/minute never showed up.
+        assert client.get("/ping", environ_base=CLIENT).headers["X-RateLimit-Limit"] == "2"
+
+
+def test_deferred_exempt_shared_limit_blueprint_and_request_filter(make_app) -> None:
+    """exempt, shared_limit, blueprint limits and request filters declared early reach each app."""
+    obs = GatewayObs()
+    bp = Blueprint("reports", __name__)
+
+    @bp.get("/reports")
+    def reports() -> str:
+        return "reports"
+
+    obs.limiter.limit("1/minute")(bp)
+    group = obs.limiter.shared_limit("3/minute", scope="group")
+
+    @group
+    def one() -> str:
+        return "one"
+
+    @group
+    def two() -> str:
+        return "two"
+
+    @obs.limiter.exempt
+    def free() -> str:
+        return "free"
+
+    @obs.limiter.request_filter
+    def trusted() -> bool:
+        return request.headers.get("X-Trusted") == "yes"
+
+    for _ in range(2):
+        app = make_app({"RATELIMIT_DEFAULT": "1/minute"}, init=False)
+        obs.init_app(app)
+        app.register_blueprint(bp)
+        app.add_url_rule("/one", view_func=one)
+        app.add_url_rule("/two", view_func=two)
+        app.add_url_rule("/free", view_func=free)
+        client = app.test_client()
+        assert statuses(client, "/reports", 2) == [200, 429]
+        assert statuses(client, "/one", 2) + statuses(client, "/two", 2) == [200, 200, 200, 429]
+        assert statuses(client, "/free", 3) == [200, 200, 200]
+        assert statuses(client, "/reports", 2, headers={"X-Trusted": "yes"}) == [200, 200]
+
+
+def test_deferred_limiter_outside_an_app_context(make_app) -> None:
+    """Outside an app context other attributes reach the one app's limiter, or explain why not."""
+    obs = GatewayObs()
+    with pytest.raises(AttributeError, match="needs an app"):
+        obs.limiter.reset  # noqa: B018
+    first = make_app(init=False)
+    obs.init_app(first)
+    assert obs.limiter.storage is limiter_of(first).storage
+    obs.init_app(make_app(init=False))
+    with pytest.raises(AttributeError, match="app context"):
+        obs.limiter.storage  # noqa: B018
+
+
+# --- storage selection ---------------------------------------------------------------------
+
+
+def test_storage_comes_from_ratelimit_storage_uri_then_redis_url_then_memory() -> None:
+    """RATELIMIT_STORAGE_URI wins, then GATEWAY_OBS_REDIS_URL, else memory."""
+    redis = "redis://127.0.0.1:6390/2"
+    assert storage_uri({"RATELIMIT_STORAGE_URI": "memory://"}, redis) == "memory://"
+    assert storage_uri({}, redis) == redis
+    assert storage_uri({}, "unix:///run/redis.sock?db=1") == "redis+unix:///run/redis.sock?db=1"
+    assert storage_uri({}, None) == "memory://"
+
+
+def test_redis_storage_gets_short_socket_timeouts_unless_the_app_sets_them(make_app) -> None:
+    """Our timeout goes to the Redis client; RATELIMIT_STORAGE_OPTIONS wins; nothing connects."""
+    url = "redis://127.0.0.1:1/0"  # nothing listens: setting up must not try to connect
+    app = make_app({Keys.REDIS_URL: url, Keys.RATELIMIT_STORAGE_TIMEOUT: 0.1})
+    storage = limiter_of(app).storage
+    assert isinstance(storage, RedisStorage)
+    kwargs = storage.storage.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 0.1 and kwargs["socket_connect_timeout"] == 0.1
+
+    own = make_app({Keys.REDIS_URL: url, "RATELIMIT_STORAGE_OPTIONS": {"socket_timeout": 2}})
+    storage = limiter_of(own).storage
+    assert isinstance(storage, RedisStorage)
+    assert storage.storage.connection_pool.connection_kwargs["socket_timeout"] == 2
+
+    memory = make_app({Keys.REDIS_URL: url, "RATELIMIT_STORAGE_URI": "memory://"})
+    assert isinstance(limiter_of(memory).storage, MemoryStorage)
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_two_app_instances_share_one_limit_in_redis(make_app, redis_url) -> None:
+    """Two instances of one service on the same Redis count against the same limit."""
+    config = {Keys.REDIS_URL: redis_url, Keys.SERVICE_NAME: unique_service()}
+    first = add_routes(make_app(config)).test_client()
+    second = add_routes(make_app(config)).test_client()
+    assert statuses(first, "/items/1", 2) == [200, 200]
+    third = second.get("/items/1", environ_base=CLIENT)
+    assert third.status_code == 200
+    # The headers read the shared window: 3 used of 3, resetting within the minute.
+    assert third.headers["X-RateLimit-Remaining"] == "0"
+    assert 0 < int(third.headers["X-RateLimit-Reset"]) - time.time() <= 61
+    refused = second.get("/items/1", environ_base=CLIENT)
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert statuses(first, "/items/1", 1) == [429]
+    # Another service on the same Redis has its own counts.
+    other = {Keys.REDIS_URL: redis_url, Keys.SERVICE_NAME: unique_service()}
+    assert statuses(add_routes(make_app(other)).test_client(), "/items/1", 1) == [200]
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_redis_killed_mid_test_fails_open_then_shares_limits_again(
+    make_app, redis_server, monkeypatch
+) -> None:
+    """Redis down: served on in-memory limits, one attempt, one warning; back: shared again."""
+    config = {Keys.REDIS_URL: redis_server.url, "RATELIMIT_DEFAULT": "3/minute"}
+    first, second = add_routes(make_app(config)), add_routes(make_app(config))
+    limiter, clock, recorder = limiter_of(first), FakeClock(), RecordingRecorder()
+    limiter.clock = clock
+    first.extensions["gateway_obs"].recorder = recorder
+    client = first.test_client()
+    assert statuses(client, "/free", 1) == [200]
+
+    redis_server.stop()
+    sent = count_commands(monkeypatch, limiter)
+    with capture_logs("flask_gateway_obs.ratelimit") as logs:
+        down = statuses(client, "/free", 5)
+        # Limits still hold while Redis is away, per process, counted from zero.
+        assert down == [200, 200, 200, 429, 429]
+        assert sent == ["EVALSHA"]  # one attempt for five requests: no per-request stall
+        assert limiter.storage_down
+        assert recorder.errors == [("RateLimitStorageError", "ratelimit")]
+        warnings_ = logs.find(level="warning")
+        assert len(warnings_) == 1
+        assert warnings_[0]["message"].startswith("rate limit storage unavailable")
+        assert warnings_[0]["storage"] == f"redis://127.0.0.1:{redis_server.port}"
+
+        clock.advance(0.6)  # first probe is due: Redis is still down
+        assert statuses(client, "/free", 3) == [429, 429, 429]
+        assert sent == ["EVALSHA", "PING"]
+        assert len(recorder.errors) == 2 and len(logs.find(level="warning")) == 1
+
+        redis_server.start()
+        clock.advance(0.5)  # the back-off doubled to 1 s: not yet
+        assert statuses(client, "/free", 1) == [429] and sent[-1] == "PING"
+        clock.advance(0.6)
+        assert statuses(client, "/free", 1) == [200]  # probe succeeds; counted in Redis again
+        assert not limiter.storage_down
+        assert logs.find(message="rate limit storage is back: limits are shared again")
+
+    # Shared again: the restarted Redis holds 1 from the first app; the second adds to it.
+    assert statuses(second.test_client(), "/free", 3) == [200, 200, 429]
+    assert statuses(client, "/free", 1) == [429]
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_fail_closed_answers_503_problem_json_while_redis_is_down(
+    make_app, redis_server, monkeypatch
+) -> None:
+    """Fail-closed: limited routes get a 503 problem+json at once; unlimited ones are served."""
+    config = {Keys.REDIS_URL: redis_server.url, Keys.RATELIMIT_FAIL_CLOSED: True}
+    app = add_routes(make_app(config))
+    limiter, clock = limiter_of(app), FakeClock()
+    limiter.clock = clock
+    client = app.test_client()
+    assert statuses(client, "/items/1", 1) == [200]
+
+    redis_server.stop()
+    sent = count_commands(monkeypatch, limiter)
+    refused = [client.get("/items/1", environ_base=CLIENT) for _ in range(4)]
+    assert {r.status_code for r in refused} == {503}
+    body = problem(refused[0])
+    assert body["code"] == "rate_limit_unavailable"
+    assert "Rate limiting is temporarily unavailable" in body["detail"]
+    assert refused[0].headers["Retry-After"] == "1"
+    assert "X-RateLimit-Limit" not in refused[0].headers
+    assert sent == ["EVALSHA"]  # the rest were refused without touching Redis
+    assert statuses(client, "/free", 2) == [200, 200]
+    assert statuses(client, "/exempt", 2) == [200, 200]
+
+    redis_server.start()
+    clock.advance(0.6)
+    assert statuses(client, "/items/1", 1) == [200]
+    assert sent[:2] == ["EVALSHA", "PING"] and not limiter.storage_down
+
+
+@pytest.mark.redis
+def test_black_holed_redis_costs_one_timeout_not_one_per_request(
+    make_app, black_hole, monkeypatch
+) -> None:
+    """A Redis that never answers is tried once, within its timeout; later requests skip it."""
+    host, port = black_hole
+    config = {
+        Keys.REDIS_URL: f"redis://{host}:{port}/0",
+        Keys.RATELIMIT_STORAGE_TIMEOUT: 0.1,
+        "RATELIMIT_DEFAULT": "100/minute",
+    }
+    app = add_routes(make_app(config))
+    limiter = limiter_of(app)
+    limiter.clock = FakeClock()
+    sent = count_commands(monkeypatch, limiter)
+    client = app.test_client()
+    started = time.perf_counter()
+    assert statuses(client, "/free", 20) == [200] * 20
+    elapsed = time.perf_counter() - started
+    assert sent == ["EVALSHA"]
+    assert limiter.storage_down and limiter.storage_failures == 1
+    assert elapsed < 5.0  # generous: one 0.1 s timeout, not twenty
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.parametrize("deduct", [False, True], ids=["headers", "deduct_when"])
+def test_redis_dying_during_a_request_never_turns_it_into_a_500(
+    make_app, redis_server, deduct: bool
+) -> None:
+    """Redis killed inside the view: the after-request step (headers, deduction) contains it."""
+    app = make_app({Keys.REDIS_URL: redis_server.url})
+    limiter = limiter_of(app)
+    options: dict[str, Callable[[Any], bool]] = {"deduct_when": lambda r: True} if deduct else {}
+
+    @app.get("/kill")
+    @limiter.limit("10/minute", **options)
+    def kill() -> dict[str, Any]:
+        redis_server.stop()
+        return {"killed": True}
+
+    response = app.test_client().get("/kill", environ_base=CLIENT)
+    assert response.status_code == 200 and response.get_json() == {"killed": True}
+    assert "X-RateLimit-Limit" not in response.headers
+    assert limiter.storage_down
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_flapping_redis_is_warned_about_once_a_minute(make_app, redis_server) -> None:
+    """Down, back, down again within a minute: one warning; a minute later, another."""
+    app = add_routes(make_app({Keys.REDIS_URL: redis_server.url, "RATELIMIT_DEFAULT": "50/minute"}))
+    limiter, clock, recorder = limiter_of(app), FakeClock(), RecordingRecorder()
+    limiter.clock = clock
+    app.extensions["gateway_obs"].recorder = recorder
+    client = app.test_client()
+
+    def outage_and_return() -> None:
+        redis_server.stop()
+        assert statuses(client, "/free", 2) == [200, 200]
+        assert limiter.storage_down
+        redis_server.start()
+        clock.advance(0.6)
+        assert statuses(client, "/free", 1) == [200]
+        assert not limiter.storage_down
+
+    with capture_logs("flask_gateway_obs.ratelimit") as logs:
+        outage_and_return()
+        clock.advance(10)
+        outage_and_return()
+        assert len(logs.find(level="warning")) == 1
+        assert len(logs.find(message="rate limit storage is back: limits are shared again")) == 1
+        clock.advance(60)
+        outage_and_return()
+        assert len(logs.find(level="warning")) == 2
+    assert recorder.errors == [("RateLimitStorageError", "ratelimit")] * 3
