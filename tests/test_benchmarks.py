@@ -1,0 +1,188 @@
+"""Smoke tests of the benchmark harness: it runs for real on a tiny count and writes its report.
+
+No timing is asserted here: figures belong to ``benchmarks/RESULTS.md``. Peers that
+are not installed (they live in ``benchmarks/requirements.txt``, not in the test
+extras) must show up as unavailable, never fail the run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.run import InprocResult, json_lines_table, summarize
+from benchmarks.variants import BY_NAME, config_for, unavailable_reason
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_harness(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Path:
+    output = tmp_path / "RESULTS.md"
+    command = [
+        sys.executable, "-m", "benchmarks.run", "--quick",
+        "--output", str(output), "--workdir", str(tmp_path), *args,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def inproc_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """One tiny in-process run: bare, our log-only variant, a peer and our fullest variant."""
+    tmp_path = tmp_path_factory.mktemp("bench")
+    output = _run_harness(
+        tmp_path,
+        "--sections=inproc",
+        "--variants=bare,ours-log,ours-all,peer-jsonlog",
+        "--rounds=2",
+        "--slice=20",
+        "--profile=5",
+    )
+    raw = json.loads((tmp_path / "RESULTS.json").read_text())
+    return output.read_text(), raw
+
+
+def test_inproc_report_has_figures_for_bare_and_ours(
+    inproc_report: tuple[str, dict[str, Any]],
+) -> None:
+    """Bare Flask and our base variant each get a row of numbers and a call count."""
+    report, raw = inproc_report
+    assert "## 1. In-process overhead" in report
+    assert re.search(r"^\| bare Flask \| \d+\.\d \| 0 \| 1\.00 \| \d+ \|", report, re.M)
+    assert re.search(
+        r"^\| \*\*ours: request ID \+ access log \+ errors\*\* \| \d+\.\d \|", report, re.M
+    )
+    for name in ("bare", "ours-log"):
+        assert raw["inproc"][name]["status"] == "ok"
+        assert len(raw["inproc"][name]["per_round_us"]) == 2
+        assert raw["inproc"][name]["calls"] > 0
+
+
+def test_access_log_variants_write_one_line_per_request(
+    inproc_report: tuple[str, dict[str, Any]],
+) -> None:
+    """The log-only variant really logs (one JSON line per request), bare writes nothing."""
+    _, raw = inproc_report
+    assert raw["inproc"]["bare"]["info"]["log_lines"] == 0
+    ours = raw["inproc"]["ours-log"]["info"]
+    assert ours["log_lines"] == 1
+    assert json.loads(ours["log_sample"])["status"] == 200
+    assert "X-Request-ID" in ours["headers"]
+
+
+def test_missing_peer_is_reported_unavailable_not_failed(
+    inproc_report: tuple[str, dict[str, Any]],
+) -> None:
+    """A peer whose package is absent is a row saying so; present, it is measured."""
+    report, raw = inproc_report
+    status = raw["inproc"]["peer-jsonlog"]["status"]
+    if importlib.util.find_spec("pythonjsonlogger") is None:
+        assert status.startswith("unavailable: peer not installed")
+        assert "requirements.txt" in report
+    else:
+        assert status == "ok"
+        assert raw["inproc"]["peer-jsonlog"]["info"]["log_lines"] == 1
+
+
+def test_report_states_machine_command_and_goals(
+    inproc_report: tuple[str, dict[str, Any]],
+) -> None:
+    """The report names the command, the machine and versions, and lists the goals."""
+    report, _ = inproc_report
+    assert "- command: `python -m benchmarks.run --quick" in report
+    assert "- CPU: " in report
+    assert "Flask " in report
+    assert "## Goals" in report
+    assert "ours, core" in report
+
+
+@pytest.mark.slow
+def test_server_section_runs_gunicorn_with_the_python_client(tmp_path: Path) -> None:
+    """Under gunicorn (sync, 2 workers) with the fallback client: every variant answers."""
+    output = _run_harness(
+        tmp_path,
+        "--sections=server",
+        "--server-modes=sync-2",
+        "--requests=60",
+        "--repeats=1",
+        env={"BENCH_LOAD_CLIENT": "python"},
+    )
+    report = output.read_text()
+    assert "the Python client benchmarks/loadgen.py" in report
+    rows = re.findall(r"^\| (bare Flask|ours: [^|]+) \| (\d+) \| (\d+) \|", report, re.M)
+    assert [row[0] for row in rows][:1] == ["bare Flask"]
+    assert len(rows) >= 2, report  # bare and at least one of ours
+    assert all(int(rps) > 0 for _, rps, _ in rows)
+
+
+def test_unknown_config_key_makes_our_variant_unavailable() -> None:
+    """A variant needing a key this build lacks is unavailable with the key named."""
+    from benchmarks.variants import Variant, _ours
+
+    future = Variant(
+        "ours-future",
+        "ours: future",
+        "ours",
+        _ours,
+        config=(("GATEWAY_OBS_NOT_YET_A_FEATURE", True),),
+    )
+    reason = unavailable_reason(future)
+    assert reason is not None
+    assert "GATEWAY_OBS_NOT_YET_A_FEATURE" in reason
+
+
+def test_ours_variants_only_switch_known_features_off() -> None:
+    """Keys meant to turn a feature off are applied only when this build knows them."""
+    config = config_for(BY_NAME["ours-log"])
+    assert config["GATEWAY_OBS_LOG_FORMAT"] == "json"
+    from flask_gateway_obs.config import all_keys
+
+    known = set(all_keys())
+    assert all(key in known for key in config if key.startswith("GATEWAY_OBS_"))
+
+
+def test_paired_summary_uses_rounds_both_variants_ran() -> None:
+    """Differences and ratios pair each round with bare's same round, skipping gaps."""
+    bare = InprocResult(BY_NAME["bare"], "ok", per_round={0: 10.0, 1: 20.0, 2: 10.0})
+    other = InprocResult(BY_NAME["ours-log"], "ok", per_round={0: 13.0, 2: 12.0})
+    summary = summarize(other, bare)
+    assert summary.rounds == 2
+    assert summary.diff_us == pytest.approx(2.5)
+    assert summary.ratio == pytest.approx(1.25)
+
+
+def test_json_lines_output_becomes_a_table() -> None:
+    """A section script's JSON lines render as one Markdown table; other text does not."""
+    table = json_lines_table('{"measure": "a", "ms": 1.5}\n{"measure": "b", "bytes": 2048}\n')
+    assert table is not None
+    assert table.splitlines()[0] == "| measure | ms | bytes |"
+    assert "| b |  | 2,048 |" in table
+    assert json_lines_table("plain text\n") is None
+
+
+def test_neighbouring_bare_slices_take_precedence_in_pairing() -> None:
+    """A variant is compared with the bare slices around it when the harness recorded them."""
+    bare = InprocResult(BY_NAME["bare"], "ok", per_round={0: 10.0, 1: 10.0})
+    other = InprocResult(
+        BY_NAME["ours-log"], "ok", per_round={0: 15.0, 1: 15.0}, paired_bare={0: 12.0}
+    )
+    summary = summarize(other, bare)
+    assert summary.rounds == 2
+    assert summary.diff_us == pytest.approx(4.0)  # median of 3.0 (neighbours) and 5.0
