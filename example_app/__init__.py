@@ -12,6 +12,8 @@ from typing import Any
 from flask import Flask, request
 
 from flask_gateway_obs import (
+    AppError,
+    CheckResult,
     GatewayObs,
     NotFoundError,
     ValidationError,
@@ -25,10 +27,39 @@ log = get_logger("example_app")
 _ITEMS = {1: {"id": 1, "name": "keyboard"}, 2: {"id": 2, "name": "mouse"}}
 
 
+# Health: /health, /health/live and /health/ready check Redis and PostgreSQL when
+# GATEWAY_OBS_REDIS_URL / GATEWAY_OBS_DATABASE_URL are set, memory and disk always,
+# and this check of the app's own.
+@obs.health_check("items_store", critical=False)
+def items_store() -> CheckResult | None:
+    """Degraded (still serving) when the store is empty."""
+    if not _ITEMS:
+        return CheckResult.degraded("no items loaded")
+    return None
+
+
+# Resilience: the quotes upstream is flaky on request (``?fail=1`` injects a failure).
+# Each call retries (policy "quotes") around the circuit breaker "quotes": two failing
+# requests open it (logged; ``circuit_breaker_state{breaker="quotes"} 1`` on /metrics),
+# then /quotes answers 503 with Retry-After without calling the upstream, and after
+# reset_timeout one good call closes it again.
+@obs.resilient("quotes")
+def fetch_quote(symbol: str, fail: bool) -> dict[str, Any]:
+    """Stands in for an HTTP call to a quotes service."""
+    if fail:
+        raise AppError("the quotes service answered 502", 502, code="upstream_error")
+    return {"symbol": symbol, "price": 42.0}
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the example gateway; ``config`` wins over the environment."""
     app = Flask(__name__)
     app.config["GATEWAY_OBS_SERVICE_NAME"] = "example-gateway"
+    # Rate limits: every route 120/minute per client (Flask-Limiter's own key), counted
+    # in Redis when GATEWAY_OBS_REDIS_URL is set (shared by every instance), else in memory.
+    app.config["RATELIMIT_DEFAULT"] = "120 per minute"
+    app.config["GATEWAY_OBS_BREAKERS"] = {"quotes": {"fail_max": 3, "reset_timeout": 10}}
+    app.config["GATEWAY_OBS_RETRY_POLICIES"] = {"quotes": {"max_attempts": 2, "base_delay": 0.05}}
     app.config.from_prefixed_env()
     app.config.update(config or {})
     obs.init_app(app)
@@ -42,6 +73,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return item
 
     @app.post("/items")
+    @obs.limiter.limit("10 per minute")  # stricter: a 429 problem+json past 10
     def create_item() -> tuple[dict[str, Any], int]:
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
@@ -51,6 +83,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             )
         item = {"id": max(_ITEMS) + 1, "name": body["name"]}
         return item, 201
+
+    @app.get("/quotes/<symbol>")
+    def get_quote(symbol: str) -> dict[str, Any]:
+        return fetch_quote(symbol[:12], request.args.get("fail") == "1")
 
     @app.get("/whoami")
     def whoami() -> dict[str, Any]:

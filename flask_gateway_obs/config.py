@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import logging
 import math
+import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,8 +38,22 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[tuple[str, Any, str]]) -> None:
         self.problems = problems
-        lines = [f"  {key}: got {got!r}; accepts {accepts}" for key, got, accepts in problems]
+        lines = [
+            f"  {key}: got {_shown(key, got)}; accepts {accepts}" for key, got, accepts in problems
+        ]
         super().__init__("invalid flask-gateway-obs configuration:\n" + "\n".join(lines))
+
+
+_SECRET_KEY_PARTS = ("TOKEN", "DSN", "PASSWORD", "SECRET")
+
+
+def _shown(key: str, value: Any) -> str:
+    """How a bad value appears in the error: secrets never, URL passwords masked."""
+    if any(part in key.upper() for part in _SECRET_KEY_PARTS):
+        return "'***'"
+    from .logs import mask_url_credentials
+
+    return mask_url_credentials(repr(value))
 
 
 class _Invalid(Exception):
@@ -123,6 +140,9 @@ def _choice(*choices: str) -> Parser:
 
 
 def _text(value: Any) -> str:
+    # from_prefixed_env() hands "2024" over as 2024: take numbers back as text.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     if isinstance(value, str) and value.strip():
         return value.strip()
     raise _Invalid
@@ -156,9 +176,20 @@ def _log_level(value: Any) -> int:
     raise _Invalid
 
 
+def _writable_file(value: Any) -> str:
+    # Checked now: file logging otherwise fails silently on every record.
+    path = _text(value)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise _Invalid
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise _Invalid
+    return path
+
+
 def _header_name(value: Any) -> str:
     text = _text(value)
-    if not all(c.isalnum() or c == "-" for c in text):
+    if not text.isascii() or not all(c.isalnum() or c == "-" for c in text):
         raise _Invalid
     return text
 
@@ -207,6 +238,219 @@ def _http_status(value: Any) -> int:
     if number > 599:
         raise _Invalid
     return int(number)
+
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*").fullmatch
+
+
+def _metric_name(value: Any) -> str:
+    text = _text(value)
+    if _METRIC_NAME(text) is None:
+        raise _Invalid
+    return text
+
+
+def _buckets(value: Any) -> tuple[float, ...]:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        except ValueError:
+            raise _Invalid from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid
+    bounds = tuple(sorted(_positive_float(v) for v in value))
+    if len(set(bounds)) != len(bounds):
+        raise _Invalid
+    return bounds
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    try:
+        return tuple(str(ipaddress.ip_network(v, strict=False)) for v in _string_list(value))
+    except ValueError:
+        raise _Invalid from None
+
+
+def _fraction(value: Any) -> float:
+    number = _number(value)
+    if not 0 <= number <= 1:
+        raise _Invalid
+    return number
+
+
+def _callable_or_import(value: Any) -> Any:
+    """A callable, or ``"package.module:name"`` naming one (imported at ``init_app``)."""
+    if callable(value):
+        return value
+    text = _text(value)
+    module, sep, attr = text.partition(":")
+    if not sep or not module or not attr:
+        raise _Invalid
+    try:
+        import importlib
+
+        found: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except Exception:
+        raise _Invalid from None
+    if not callable(found):
+        raise _Invalid
+    return found
+
+
+#: ``sentry_sdk.init`` options the Sentry adapter sets itself.
+_SENTRY_MANAGED = frozenset(
+    {
+        "dsn",
+        "environment",
+        "release",
+        "sample_rate",
+        "traces_sample_rate",
+        "traces_sampler",
+        "send_default_pii",
+        "data_collection",
+        "include_local_variables",
+        "max_request_body_size",
+        "transport_queue_size",
+        "shutdown_timeout",
+        "before_send",
+        "before_send_transaction",
+        "before_breadcrumb",
+        "default_integrations",
+        "auto_enabling_integrations",
+        "event_scrubber",
+        "enable_tracing",
+    }
+)
+
+
+def _sentry_options(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise _Invalid from None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _Invalid
+    try:
+        from sentry_sdk.consts import DEFAULT_OPTIONS
+    except ImportError:  # pragma: no cover - sentry-sdk is a dependency
+        raise _Invalid from None
+    if any(k in _SENTRY_MANAGED or k not in DEFAULT_OPTIONS for k in value):
+        raise _Invalid
+    return dict(value)
+
+
+# resilience: per-name option dicts (GATEWAY_OBS_BREAKERS, GATEWAY_OBS_RETRY_POLICIES)
+
+
+class _Problems(_Invalid):
+    """Raised by a parser of a nested value; names each bad part on its own."""
+
+    def __init__(self, problems: list[tuple[str, Any, str]]) -> None:
+        super().__init__()
+        self.problems = problems
+
+
+def _at_least(minimum: float) -> Parser:
+    def parse(value: Any) -> float:
+        number = _number(value)
+        if number < minimum:
+            raise _Invalid
+        return number
+
+    return parse
+
+
+#: option -> (parser, accepts) of one breaker in ``GATEWAY_OBS_BREAKERS`` and of
+#: ``obs.circuit_breaker(name, **options)``.
+BREAKER_OPTIONS: dict[str, tuple[Parser, str]] = {
+    "fail_max": (_int(1), "an integer >= 1"),
+    "reset_timeout": (_positive_float, "a number of seconds > 0"),
+    "success_threshold": (_int(1), "an integer >= 1"),
+    "half_open_max_calls": (_int(1), "an integer >= 1"),
+    "timeout": (_optional(_positive_float), "a number of seconds > 0, or null"),
+    "storage": (_choice("memory", "redis"), "one of memory, redis"),
+}
+#: option -> (parser, accepts) of one policy in ``GATEWAY_OBS_RETRY_POLICIES`` and of
+#: ``obs.retry(name, **options)``.
+RETRY_OPTIONS: dict[str, tuple[Parser, str]] = {
+    "max_attempts": (_int(1), "an integer >= 1"),
+    "base_delay": (_non_negative_float, "a number of seconds >= 0"),
+    "multiplier": (_at_least(1.0), "a number >= 1"),
+    "max_delay": (_non_negative_float, "a number of seconds >= 0"),
+    "jitter": (_choice("full", "equal", "none"), "one of full, equal, none"),
+    "deadline": (_optional(_positive_float), "a number of seconds > 0, or null"),
+    "respect_retry_after": (_bool, "a boolean"),
+}
+
+
+def _parse_entry(
+    where: str,
+    entry: Mapping[Any, Any],
+    options: Mapping[str, tuple[Parser, str]],
+    problems: list[tuple[str, Any, str]],
+) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for option, raw in entry.items():
+        spec = options.get(option) if isinstance(option, str) else None
+        if spec is None:
+            close = difflib.get_close_matches(str(option), list(options), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append((f"{where}.{option}", raw, f"one of {', '.join(options)}{hint}"))
+            continue
+        parse, accepts = spec
+        try:
+            parsed[option] = parse(raw)
+        except _Invalid:
+            problems.append((f"{where}.{option}", raw, accepts))
+    return parsed
+
+
+def parse_options(
+    where: str, entry: Mapping[str, Any], options: Mapping[str, tuple[Parser, str]]
+) -> dict[str, Any]:
+    """Validate keyword options given in code (e.g. ``obs.circuit_breaker("x", fail_max=3)``).
+
+    :raises ConfigError: naming every unknown or bad option.
+    """
+    problems: list[tuple[str, Any, str]] = []
+    parsed = _parse_entry(where, entry, options, problems)
+    if problems:
+        raise ConfigError(problems)
+    return parsed
+
+
+def _named_options(key: str, options: Mapping[str, tuple[Parser, str]]) -> Parser:
+    """``{name: {option: value}}`` (or its JSON), each option checked by its own parser."""
+
+    def parse(value: Any) -> dict[str, dict[str, Any]] | None:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise _Invalid from None
+        if not isinstance(value, Mapping):
+            raise _Invalid
+        result: dict[str, dict[str, Any]] = {}
+        problems: list[tuple[str, Any, str]] = []
+        for name, entry in value.items():
+            where = f"{PREFIX}{key}[{name!r}]"
+            if not isinstance(name, str) or not name.strip():
+                problems.append((where, name, "a non-empty name"))
+            elif not isinstance(entry, Mapping):
+                problems.append((where, entry, f"a dict with some of {', '.join(options)}"))
+            else:
+                result[name] = _parse_entry(where, entry, options, problems)
+        if problems:
+            raise _Problems(problems)
+        return result
+
+    return parse
 
 
 # --- the settings --------------------------------------------------------------
@@ -319,8 +563,8 @@ class Settings:
     log_file: str | None = _setting(
         "LOG_FILE",
         None,
-        _optional(_text),
-        "a file path",
+        _optional(_writable_file),
+        "a path to a writable file in an existing directory",
         "also write JSON lines to this file, with rotation",
     )
     log_file_max_bytes: int = _setting(
@@ -500,6 +744,394 @@ class Settings:
         "a percentage > 0 and <= 100",
         "disk check is unhealthy when this share of the space is used",
     )
+    # metrics
+    metrics_enabled: bool = _setting(
+        "METRICS_ENABLED",
+        True,
+        _bool,
+        "a boolean",
+        "collect Prometheus metrics; ``False`` turns every metric and the endpoint off",
+    )
+    metrics_endpoint: bool = _setting(
+        "METRICS_ENDPOINT",
+        True,
+        _bool,
+        "a boolean",
+        "serve the exposition at ``GATEWAY_OBS_METRICS_PATH``",
+    )
+    metrics_path: str = _setting(
+        "METRICS_PATH",
+        "/metrics",
+        _path,
+        "an absolute URL path",
+        "path of the exposition endpoint",
+    )
+    metrics_registry: str = _setting(
+        "METRICS_REGISTRY",
+        "app",
+        _choice("app", "global"),
+        "one of app, global",
+        "``app``: a registry of the app's own; ``global``: ``prometheus_client.REGISTRY``",
+    )
+    metrics_namespace: str | None = _setting(
+        "METRICS_NAMESPACE",
+        None,
+        _optional(_metric_name),
+        "a metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)",
+        "prefix of every metric name, joined with ``_``",
+    )
+    metrics_buckets: tuple[float, ...] = _setting(
+        "METRICS_BUCKETS",
+        (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        _buckets,
+        "a list of distinct numbers > 0 (or a comma-separated string)",
+        "upper bounds in seconds of ``http_request_duration_seconds`` (``+Inf`` is added)",
+    )
+    metrics_dependency_buckets: tuple[float, ...] = _setting(
+        "METRICS_DEPENDENCY_BUCKETS",
+        (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        _buckets,
+        "a list of distinct numbers > 0 (or a comma-separated string)",
+        "upper bounds in seconds of ``dependency_latency_seconds`` (``+Inf`` is added)",
+    )
+    metrics_count_internal: bool = _setting(
+        "METRICS_COUNT_INTERNAL",
+        False,
+        _bool,
+        "a boolean",
+        "also count requests to the health endpoints; ``/metrics`` itself is never counted",
+    )
+    metrics_token: str | None = _setting(
+        "METRICS_TOKEN",
+        None,
+        _optional(_text),
+        "a non-empty string",
+        "when set, ``/metrics`` answers 401 unless ``Authorization: Bearer <token>`` matches",
+    )
+    metrics_allowed_networks: tuple[str, ...] = _setting(
+        "METRICS_ALLOWED_NETWORKS",
+        (),
+        _networks,
+        "a list of IP addresses or CIDRs (or a comma-separated string)",
+        "when set, ``/metrics`` answers 403 to a client address outside these networks",
+    )
+    metrics_cache_seconds: float = _setting(
+        "METRICS_CACHE_SECONDS",
+        0.0,
+        _non_negative_float,
+        "a number of seconds >= 0",
+        "reuse a rendered exposition for this long (per worker); 0 renders every scrape",
+    )
+
+    # sentry
+    sentry_dsn: str | None = _setting(
+        "SENTRY_DSN",
+        None,
+        _optional(_url("http", "https")),
+        "a Sentry DSN (https://key@host/project-id)",
+        "where errors are reported; unset: the ``SENTRY_DSN`` environment variable, "
+        "and without either Sentry stays off",
+    )
+    sentry_environment: str | None = _setting(
+        "SENTRY_ENVIRONMENT",
+        None,
+        _optional(_text),
+        "a non-empty string",
+        "unset: ``SENTRY_ENVIRONMENT``, else ``development`` when ``app.debug`` or "
+        "``app.testing``, else ``production``",
+    )
+    sentry_release: str | None = _setting(
+        "SENTRY_RELEASE",
+        None,
+        _optional(_text),
+        "a non-empty string",
+        "unset: ``SENTRY_RELEASE``, else ``GATEWAY_OBS_SERVICE_VERSION``",
+    )
+    sentry_sample_rate: float = _setting(
+        "SENTRY_SAMPLE_RATE",
+        1.0,
+        _fraction,
+        "a number from 0 to 1",
+        "share of error events sent",
+    )
+    sentry_traces_sample_rate: float = _setting(
+        "SENTRY_TRACES_SAMPLE_RATE",
+        0.0,
+        _fraction,
+        "a number from 0 to 1",
+        "share of requests traced; 0 turns tracing (and sentry-sdk's Flask integration) off",
+    )
+    sentry_send_default_pii: bool = _setting(
+        "SENTRY_SEND_DEFAULT_PII",
+        False,
+        _bool,
+        "a boolean",
+        "send the user's e-mail, name and IP address and IP headers; secrets are scrubbed "
+        "either way",
+    )
+    sentry_include_locals: bool = _setting(
+        "SENTRY_INCLUDE_LOCALS",
+        True,
+        _bool,
+        "a boolean",
+        "send the local variables of stack frames (secret-looking names scrubbed)",
+    )
+    sentry_max_request_body: str = _setting(
+        "SENTRY_MAX_REQUEST_BODY",
+        "medium",
+        _choice("never", "small", "medium", "always"),
+        "one of never, small, medium, always",
+        "JSON and form bodies attached to events: up to 1 kB (small), 10 kB (medium)",
+    )
+    sentry_report_4xx: bool = _setting(
+        "SENTRY_REPORT_4XX",
+        False,
+        _bool,
+        "a boolean",
+        "also report operational 4xx errors (``AppError`` and werkzeug's), as warnings",
+    )
+    sentry_report_operational_5xx: bool = _setting(
+        "SENTRY_REPORT_OPERATIONAL_5XX",
+        True,
+        _bool,
+        "a boolean",
+        "report operational 5xx errors such as 503 from an open breaker; bugs always are",
+    )
+    sentry_event_id_in_body: bool = _setting(
+        "SENTRY_EVENT_ID_IN_BODY",
+        True,
+        _bool,
+        "a boolean",
+        "add ``sentry_event_id`` to the problem+json body of a reported error",
+    )
+    sentry_denylist: tuple[str, ...] = _setting(
+        "SENTRY_DENYLIST",
+        (),
+        _string_list,
+        "a list of key fragments (or a comma-separated string)",
+        "fragments added to the secret-looking names scrubbed from events "
+        "(with ``GATEWAY_OBS_LOG_REDACT_KEYS``)",
+    )
+    sentry_queue_size: int = _setting(
+        "SENTRY_QUEUE_SIZE",
+        100,
+        _int(1),
+        "an integer >= 1",
+        "events waiting to be sent; beyond it new events are dropped, never waited for",
+    )
+    sentry_shutdown_timeout: float = _setting(
+        "SENTRY_SHUTDOWN_TIMEOUT",
+        2.0,
+        _non_negative_float,
+        "a number of seconds >= 0",
+        "longest wait for pending events at exit",
+    )
+    sentry_before_send: Callable[[Any, Any], Any] | None = _setting(  # noqa: RUF009 - immutable
+        "SENTRY_BEFORE_SEND",
+        None,
+        _optional(_callable_or_import),
+        "a callable or a 'package.module:name' string",
+        "``(event, hint) -> event | None`` run on the scrubbed event; if it raises, "
+        "the event is dropped",
+    )
+    sentry_options: Mapping[str, Any] | None = _setting(
+        "SENTRY_OPTIONS",
+        None,
+        _optional(_sentry_options),
+        "a dict (or JSON object) of further sentry_sdk.init options, not those set here",
+        "passed to ``sentry_sdk.init`` (``integrations`` are added to ours)",
+    )
+    # resilience
+    breaker_fail_max: int = _setting(
+        "BREAKER_FAIL_MAX",
+        5,
+        _int(1),
+        "an integer >= 1",
+        "consecutive failures that open a circuit breaker",
+    )
+    breaker_reset_timeout: float = _setting(
+        "BREAKER_RESET_TIMEOUT",
+        30.0,
+        _positive_float,
+        "a number of seconds > 0",
+        "how long an open breaker fails fast before it lets trial calls through (half-open)",
+    )
+    breaker_success_threshold: int = _setting(
+        "BREAKER_SUCCESS_THRESHOLD",
+        1,
+        _int(1),
+        "an integer >= 1",
+        "successful trial calls that close a half-open breaker",
+    )
+    breaker_half_open_max_calls: int = _setting(
+        "BREAKER_HALF_OPEN_MAX_CALLS",
+        1,
+        _int(1),
+        "an integer >= 1",
+        "trial calls a half-open breaker lets through at once (per process); "
+        "the others fail fast",
+    )
+    breaker_timeout: float | None = _setting(
+        "BREAKER_TIMEOUT",
+        None,
+        _optional(_positive_float),
+        "a number of seconds > 0",
+        "a call slower than this fails with 504 and counts as a failure; it runs in a worker "
+        "thread and is not stopped (see the README); default: no timeout",
+    )
+    breaker_storage: str = _setting(
+        "BREAKER_STORAGE",
+        "memory",
+        _choice("memory", "redis"),
+        "one of memory, redis",
+        "``memory``: state per process; ``redis``: shared by every worker and host of the service",
+    )
+    breaker_redis_url: str | None = _setting(
+        "BREAKER_REDIS_URL",
+        None,
+        _optional(_url("redis", "rediss", "unix")),
+        "a redis://, rediss:// or unix:// URL",
+        "Redis for shared breaker state; default ``GATEWAY_OBS_REDIS_URL``",
+    )
+    breaker_redis_namespace: str | None = _setting(
+        "BREAKER_REDIS_NAMESPACE",
+        None,
+        _optional(_text),
+        "a non-empty string",
+        "key prefix of shared breaker state; default ``gateway_obs:<service name>``, so "
+        "the workers of one service share it and other services do not",
+    )
+    breaker_redis_timeout: float = _setting(
+        "BREAKER_REDIS_TIMEOUT",
+        0.25,
+        _positive_float,
+        "a number of seconds > 0",
+        "connect and read timeout of breaker-state calls to Redis",
+    )
+    breaker_redis_retry_interval: float = _setting(
+        "BREAKER_REDIS_RETRY_INTERVAL",
+        5.0,
+        _positive_float,
+        "a number of seconds > 0",
+        "after a Redis error breakers use local state and try Redis again after this long",
+    )
+    breakers: Mapping[str, Mapping[str, Any]] | None = _setting(
+        "BREAKERS",
+        None,
+        _named_options("BREAKERS", BREAKER_OPTIONS),
+        "a dict (or JSON object) of breaker name -> {option: value}",
+        "per-breaker overrides of ``fail_max``, ``reset_timeout``, ``success_threshold``, "
+        "``half_open_max_calls``, ``timeout``, ``storage``",
+    )
+    retry_max_attempts: int = _setting(
+        "RETRY_MAX_ATTEMPTS",
+        3,
+        _int(1),
+        "an integer >= 1",
+        "attempts in all, the first one included (1: no retry)",
+    )
+    retry_base_delay: float = _setting(
+        "RETRY_BASE_DELAY",
+        0.1,
+        _non_negative_float,
+        "a number of seconds >= 0",
+        "backoff before the first retry, multiplied by ``GATEWAY_OBS_RETRY_MULTIPLIER`` "
+        "for each further one",
+    )
+    retry_multiplier: float = _setting(
+        "RETRY_MULTIPLIER",
+        2.0,
+        _at_least(1.0),
+        "a number >= 1",
+        "growth factor of the exponential backoff",
+    )
+    retry_max_delay: float = _setting(
+        "RETRY_MAX_DELAY",
+        2.0,
+        _non_negative_float,
+        "a number of seconds >= 0",
+        "cap of one backoff sleep; an upstream ``Retry-After`` above it ends the retries",
+    )
+    retry_jitter: str = _setting(
+        "RETRY_JITTER",
+        "full",
+        _choice("full", "equal", "none"),
+        "one of full, equal, none",
+        "``full``: sleep a random 0..backoff; ``equal``: backoff/2 plus a random 0..backoff/2",
+    )
+    retry_deadline: float | None = _setting(
+        "RETRY_DEADLINE",
+        10.0,
+        _optional(_positive_float),
+        "a number of seconds > 0, or empty for none",
+        "time from the first attempt after which no retry starts; a sleep that would cross "
+        "it is not taken",
+    )
+    retry_respect_retry_after: bool = _setting(
+        "RETRY_RESPECT_RETRY_AFTER",
+        True,
+        _bool,
+        "a boolean",
+        "never retry sooner than an upstream's ``Retry-After`` (``retry_after`` attribute "
+        "or the header of the error's ``response``)",
+    )
+    retry_policies: Mapping[str, Mapping[str, Any]] | None = _setting(
+        "RETRY_POLICIES",
+        None,
+        _named_options("RETRY_POLICIES", RETRY_OPTIONS),
+        "a dict (or JSON object) of policy name -> {option: value}",
+        "named retry policies overriding ``max_attempts``, ``base_delay``, ``multiplier``, "
+        "``max_delay``, ``jitter``, ``deadline``, ``respect_retry_after``",
+    )
+    # ratelimit
+    ratelimit_enabled: bool = _setting(
+        "RATELIMIT_ENABLED",
+        True,
+        _bool,
+        "a boolean",
+        "install the rate limiter (Flask-Limiter); nothing is limited until ``RATELIMIT_DEFAULT`` "
+        "or a decorator sets a limit",
+    )
+    ratelimit_fail_closed: bool = _setting(
+        "RATELIMIT_FAIL_CLOSED",
+        False,
+        _bool,
+        "a boolean",
+        "while the limiter's storage is down, answer rate-limited requests with 503 instead of "
+        "counting them per process in memory",
+    )
+    ratelimit_key_func: Callable[[], str] | None = _setting(  # noqa: RUF009 - immutable
+        "RATELIMIT_KEY_FUNC",
+        None,
+        _optional(_callable_or_import),
+        "a callable or a 'package.module:name' string",
+        "default key function of the limits (who a limit counts); default: the client address "
+        "(see ``GATEWAY_OBS_TRUSTED_PROXIES``)",
+    )
+    ratelimit_storage_timeout: float = _setting(
+        "RATELIMIT_STORAGE_TIMEOUT",
+        0.25,
+        _positive_float,
+        "a number of seconds > 0",
+        "connect and read timeout of a Redis limiter storage, unless "
+        "``RATELIMIT_STORAGE_OPTIONS`` sets ``socket_timeout`` / ``socket_connect_timeout``",
+    )
+    ratelimit_probe_interval: float = _setting(
+        "RATELIMIT_PROBE_INTERVAL",
+        30.0,
+        _positive_float,
+        "a number of seconds > 0",
+        "longest wait between two checks of a limiter storage that is down (the wait starts at "
+        "0.5 s and doubles)",
+    )
+    trusted_proxies: int = _setting(
+        "TRUSTED_PROXIES",
+        0,
+        _int(0),
+        "an integer >= 0",
+        "proxies in front of the app that append to ``X-Forwarded-For``; the limiter's client is "
+        "the Nth address from the right, as with werkzeug's ``ProxyFix`` (0: the socket address)",
+    )
 
 
 class Keys:
@@ -545,6 +1177,63 @@ class Keys:
     HEALTH_DISK_PATH = PREFIX + "HEALTH_DISK_PATH"
     HEALTH_DISK_DEGRADED_PERCENT = PREFIX + "HEALTH_DISK_DEGRADED_PERCENT"
     HEALTH_DISK_UNHEALTHY_PERCENT = PREFIX + "HEALTH_DISK_UNHEALTHY_PERCENT"
+    # metrics
+    METRICS_ENABLED = PREFIX + "METRICS_ENABLED"
+    METRICS_ENDPOINT = PREFIX + "METRICS_ENDPOINT"
+    METRICS_PATH = PREFIX + "METRICS_PATH"
+    METRICS_REGISTRY = PREFIX + "METRICS_REGISTRY"
+    METRICS_NAMESPACE = PREFIX + "METRICS_NAMESPACE"
+    METRICS_BUCKETS = PREFIX + "METRICS_BUCKETS"
+    METRICS_DEPENDENCY_BUCKETS = PREFIX + "METRICS_DEPENDENCY_BUCKETS"
+    METRICS_COUNT_INTERNAL = PREFIX + "METRICS_COUNT_INTERNAL"
+    METRICS_TOKEN = PREFIX + "METRICS_TOKEN"
+    METRICS_ALLOWED_NETWORKS = PREFIX + "METRICS_ALLOWED_NETWORKS"
+    METRICS_CACHE_SECONDS = PREFIX + "METRICS_CACHE_SECONDS"
+
+    # sentry
+    SENTRY_DSN = PREFIX + "SENTRY_DSN"
+    SENTRY_ENVIRONMENT = PREFIX + "SENTRY_ENVIRONMENT"
+    SENTRY_RELEASE = PREFIX + "SENTRY_RELEASE"
+    SENTRY_SAMPLE_RATE = PREFIX + "SENTRY_SAMPLE_RATE"
+    SENTRY_TRACES_SAMPLE_RATE = PREFIX + "SENTRY_TRACES_SAMPLE_RATE"
+    SENTRY_SEND_DEFAULT_PII = PREFIX + "SENTRY_SEND_DEFAULT_PII"
+    SENTRY_INCLUDE_LOCALS = PREFIX + "SENTRY_INCLUDE_LOCALS"
+    SENTRY_MAX_REQUEST_BODY = PREFIX + "SENTRY_MAX_REQUEST_BODY"
+    SENTRY_REPORT_4XX = PREFIX + "SENTRY_REPORT_4XX"
+    SENTRY_REPORT_OPERATIONAL_5XX = PREFIX + "SENTRY_REPORT_OPERATIONAL_5XX"
+    SENTRY_EVENT_ID_IN_BODY = PREFIX + "SENTRY_EVENT_ID_IN_BODY"
+    SENTRY_DENYLIST = PREFIX + "SENTRY_DENYLIST"
+    SENTRY_QUEUE_SIZE = PREFIX + "SENTRY_QUEUE_SIZE"
+    SENTRY_SHUTDOWN_TIMEOUT = PREFIX + "SENTRY_SHUTDOWN_TIMEOUT"
+    SENTRY_BEFORE_SEND = PREFIX + "SENTRY_BEFORE_SEND"
+    SENTRY_OPTIONS = PREFIX + "SENTRY_OPTIONS"
+    # resilience
+    BREAKER_FAIL_MAX = PREFIX + "BREAKER_FAIL_MAX"
+    BREAKER_RESET_TIMEOUT = PREFIX + "BREAKER_RESET_TIMEOUT"
+    BREAKER_SUCCESS_THRESHOLD = PREFIX + "BREAKER_SUCCESS_THRESHOLD"
+    BREAKER_HALF_OPEN_MAX_CALLS = PREFIX + "BREAKER_HALF_OPEN_MAX_CALLS"
+    BREAKER_TIMEOUT = PREFIX + "BREAKER_TIMEOUT"
+    BREAKER_STORAGE = PREFIX + "BREAKER_STORAGE"
+    BREAKER_REDIS_URL = PREFIX + "BREAKER_REDIS_URL"
+    BREAKER_REDIS_NAMESPACE = PREFIX + "BREAKER_REDIS_NAMESPACE"
+    BREAKER_REDIS_TIMEOUT = PREFIX + "BREAKER_REDIS_TIMEOUT"
+    BREAKER_REDIS_RETRY_INTERVAL = PREFIX + "BREAKER_REDIS_RETRY_INTERVAL"
+    BREAKERS = PREFIX + "BREAKERS"
+    RETRY_MAX_ATTEMPTS = PREFIX + "RETRY_MAX_ATTEMPTS"
+    RETRY_BASE_DELAY = PREFIX + "RETRY_BASE_DELAY"
+    RETRY_MULTIPLIER = PREFIX + "RETRY_MULTIPLIER"
+    RETRY_MAX_DELAY = PREFIX + "RETRY_MAX_DELAY"
+    RETRY_JITTER = PREFIX + "RETRY_JITTER"
+    RETRY_DEADLINE = PREFIX + "RETRY_DEADLINE"
+    RETRY_RESPECT_RETRY_AFTER = PREFIX + "RETRY_RESPECT_RETRY_AFTER"
+    RETRY_POLICIES = PREFIX + "RETRY_POLICIES"
+    # ratelimit
+    RATELIMIT_ENABLED = PREFIX + "RATELIMIT_ENABLED"
+    RATELIMIT_FAIL_CLOSED = PREFIX + "RATELIMIT_FAIL_CLOSED"
+    RATELIMIT_KEY_FUNC = PREFIX + "RATELIMIT_KEY_FUNC"
+    RATELIMIT_STORAGE_TIMEOUT = PREFIX + "RATELIMIT_STORAGE_TIMEOUT"
+    RATELIMIT_PROBE_INTERVAL = PREFIX + "RATELIMIT_PROBE_INTERVAL"
+    TRUSTED_PROXIES = PREFIX + "TRUSTED_PROXIES"
 
 
 _FIELDS = {f.metadata["key"]: f for f in dataclasses.fields(Settings)}
@@ -584,6 +1273,8 @@ def load_settings(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Se
             continue
         try:
             values[field.name] = field.metadata["parse"](raw)
+        except _Problems as exc:  # a nested value names each bad part
+            problems.extend(exc.problems)
         except _Invalid:
             problems.append((key, raw, field.metadata["accepts"]))
     for key in config:

@@ -25,6 +25,7 @@ from werkzeug.exceptions import (
     Conflict,
     Forbidden,
     HTTPException,
+    InternalServerError,
     NotFound,
     ServiceUnavailable,
     Unauthorized,
@@ -223,8 +224,9 @@ def describe(error: BaseException) -> ErrorInfo:
         return ErrorInfo(error, status, code, error.is_operational)
     if isinstance(error, HTTPException) and error.code is not None:
         # ``abort(...)`` is deliberate; only a wrapped unhandled error is a bug.
-        operational = getattr(error, "original_exception", None) is None
-        return ErrorInfo(error, error.code, _default_code(error.code), operational)
+        if getattr(error, "original_exception", None) is not None:
+            return ErrorInfo(error, error.code, "internal_error", False)
+        return ErrorInfo(error, error.code, _default_code(error.code), True)
     return ErrorInfo(error, 500, "internal_error", False)
 
 
@@ -253,7 +255,9 @@ def _headers(error: BaseException) -> dict[str, str]:
     return headers
 
 
-def problem_body(info: ErrorInfo, type_base: str | None) -> dict[str, Any]:
+def problem_body(
+    info: ErrorInfo, type_base: str | None, request_id: str | None = None
+) -> dict[str, Any]:
     """The RFC 9457 body for an error (without the listeners' extensions)."""
     body: dict[str, Any] = {
         "type": f"{type_base.rstrip('/')}/{info.code}" if type_base else "about:blank",
@@ -261,7 +265,7 @@ def problem_body(info: ErrorInfo, type_base: str | None) -> dict[str, Any]:
         "status": info.status,
         "detail": _detail(info),
         "instance": request.path if request else None,
-        "request_id": get_request_id(),
+        "request_id": request_id or get_request_id(),
         "code": info.code,
     }
     error = info.error
@@ -274,10 +278,25 @@ def problem_response(
     body: dict[str, Any], status: int, headers: dict[str, str] | None = None
 ) -> Response:
     """A ``application/problem+json`` response."""
-    response = Response(
-        json.dumps(body, default=str), status=status, mimetype=PROBLEM_JSON, headers=headers
-    )
-    return response
+    return Response(problem_json(body), status=status, mimetype=PROBLEM_JSON, headers=headers)
+
+
+def problem_json(body: dict[str, Any]) -> str:
+    """The body as strict JSON (NaN and Infinity in ``details`` become strings)."""
+    try:
+        return json.dumps(body, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(body), default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _log_error(info: ErrorInfo) -> None:
@@ -289,8 +308,9 @@ def _log_error(info: ErrorInfo) -> None:
             "error_type": type(error).__name__,
         }
         if not info.operational:
-            cause = getattr(error, "original_exception", None) or error
-            _log.error("unhandled error", exc_info=cause, extra=fields)
+            if isinstance(error, InternalServerError) and error.original_exception is not None:
+                return  # Flask's handle_exception has logged it, stack included, via app.logger
+            _log.error("unhandled error", exc_info=error, extra=fields)
         elif isinstance(error, AppError):
             _log.warning("%s", error.message or info.code, extra=fields)
         elif info.status >= 500:
@@ -308,10 +328,7 @@ def handle_error(state: ObsState, error: BaseException) -> Response | HTTPExcept
         # ``abort(response)``: the view chose its own response.
         return error.response  # type: ignore[return-value]
     headers = _headers(error)
-    if request:
-        # An earlier step may have failed before ours ran, and a failing after-request
-        # hook may skip ours: the error response carries the request ID itself.
-        headers[state.header_name] = state.current_context().request_id
+    request_id = state.current_context().request_id if request else None
     info = describe(error)
     for listener in state.error_listeners:
         try:
@@ -319,9 +336,36 @@ def handle_error(state: ObsState, error: BaseException) -> Response | HTTPExcept
         except Exception:  # one broken listener must not hide the error from the others
             _log.debug("error listener failed", exc_info=True)
     _log_error(info)
-    body = problem_body(info, state.settings.error_type_base)
+    body = problem_body(info, state.settings.error_type_base, request_id)
     body.update(info.extensions)
     return problem_response(body, info.status, headers)
+
+
+def escaped_problem(request_id: str, path: str) -> str:
+    """The body for an error that escaped Flask's own handling (no request left)."""
+    status = 500
+    return problem_json(
+        {
+            "type": "about:blank",
+            "title": _status_phrase(status),
+            "status": status,
+            "detail": GENERIC_DETAIL,
+            "instance": path,
+            "request_id": request_id,
+            "code": "internal_error",
+        }
+    )
+
+
+def report_escaped(state: ObsState, error: BaseException) -> None:
+    """Tell the listeners and the log about an error that escaped Flask's handlers."""
+    info = ErrorInfo(error, 500, "internal_error", False)
+    for listener in state.error_listeners:
+        try:
+            listener(info)
+        except Exception:
+            _log.debug("error listener failed", exc_info=True)
+    _log_error(info)
 
 
 def register(app: Flask, state: ObsState) -> None:

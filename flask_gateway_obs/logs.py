@@ -11,6 +11,7 @@ import contextvars
 import json
 import logging
 import logging.handlers
+import math
 import os
 import re
 import sys
@@ -56,22 +57,46 @@ _MAX_DEPTH = 8
 class RequestContext:
     """What the extension knows about the request being served (one per request)."""
 
-    __slots__ = ("finished", "request_id", "service", "start", "trace_flags", "trace_id")
+    __slots__ = (
+        "environ",
+        "finished",
+        "in_flight",
+        "method",
+        "path",
+        "request_id",
+        "response_size",
+        "route",
+        "service",
+        "start",
+        "status",
+        "trace_flags",
+        "trace_id",
+    )
 
     def __init__(
         self,
         request_id: str,
         service: str,
         start: float,
+        environ: dict[str, Any] | None = None,
         trace_id: str | None = None,
         trace_flags: str = "01",
     ) -> None:
         self.request_id = request_id
         self.service = service
         self.start = start
+        self.environ = environ if environ is not None else {}
         self.trace_id = trace_id
         self.trace_flags = trace_flags
         self.finished = False
+        #: Set by the metrics observer when it counted this request as in flight.
+        self.in_flight = False
+        # What the response turned out to be, noted when it starts.
+        self.method = "GET"
+        self.path = "/"
+        self.route: str | None = None
+        self.status = 0  # 0 until the response starts
+        self.response_size: int | None = None
 
 
 current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
@@ -114,25 +139,43 @@ class Redactor:
         return verdict
 
     def redact(self, value: Any, depth: int = 0) -> Any:
-        """A JSON-ready copy of ``value`` with secret keys' values replaced."""
-        if value is None or isinstance(value, (str, int, float, bool)):
+        """A JSON-ready copy of ``value`` with secret keys' values replaced.
+
+        Mappings and anything with ``items()`` (werkzeug's ``Headers``, ``MultiDict``)
+        are walked by key; a ``(key, value)`` pair whose key looks secret (a list of
+        header pairs) has its value replaced; non-finite floats become strings.
+        """
+        if value is None or isinstance(value, (str, int, bool)):
             return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else repr(value)
         if depth >= _MAX_DEPTH:
             return "<too deep>"
-        if isinstance(value, Mapping):
+        items = getattr(value, "items", None)
+        if isinstance(value, Mapping) or (callable(items) and not isinstance(value, type)):
             out: dict[str, Any] = {}
-            for key, item in value.items():
+            try:
+                pairs = list(value.items())
+            except Exception:
+                return _safe_repr(value)
+            for key, item in pairs:
                 name = key if isinstance(key, str) else repr(key)
                 out[name] = REDACTED if self.is_secret(name) else self.redact(item, depth + 1)
             return out
         if isinstance(value, (list, tuple, set, frozenset)):
+            if (
+                isinstance(value, tuple)
+                and len(value) == 2
+                and isinstance(value[0], str)
+                and self.is_secret(value[0])
+            ):
+                return [value[0], REDACTED]
             return [self.redact(item, depth + 1) for item in value]
         return _safe_repr(value)
 
 
-_URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]+@"
-)
+# The password runs to the last "@" of the authority: drivers accept an unencoded "@" in it.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^/\s]+@")
 
 
 def mask_url_credentials(text: str) -> str:
@@ -185,22 +228,33 @@ def _message(record: logging.LogRecord) -> str:
 class _Timestamps:
     """ISO 8601 UTC timestamps with milliseconds, the seconds part cached."""
 
-    __slots__ = ("_second", "_text")
+    __slots__ = ("_cached",)
 
     def __init__(self) -> None:
-        self._second = -1
-        self._text = ""
+        # One tuple, replaced whole, so that threads never see a second and a text
+        # that don't belong together.
+        self._cached = (-1, "")
 
     def format(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._text}.{int((created - second) * 1000):03d}Z"
+        cached = self._cached
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._cached = cached
+        return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
+
+
+_esc = json.encoder.encode_basestring_ascii
+
+
+def _opt(value: str | None) -> str:
+    return "null" if value is None else _esc(value)
 
 
 #: Built once: ``json.dumps(..., default=...)`` would build an encoder per call.
-_ENCODER = json.JSONEncoder(default=_safe_repr)
+#: NaN and Infinity are refused (they are not JSON); the caller falls back to
+#: :meth:`Redactor.redact`, which writes them as strings.
+_ENCODER = json.JSONEncoder(default=_safe_repr, allow_nan=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -251,21 +305,30 @@ class JsonFormatter(logging.Formatter):
             payload["stack_info"] = record.stack_info
         return payload
 
-    def access_line(self, msg: str, fields: dict[str, Any]) -> str:
-        """The JSON line of an access record, built without a ``LogRecord``."""
+    def access_line(self, entry: AccessEntry) -> str:
+        """The JSON line of an access record, built without a ``LogRecord``.
+
+        The same fields, in the same order, as :meth:`build` gives for the record
+        that :meth:`AccessLog.write` would otherwise log; strings go through the
+        json module's own C escaper, so the line is always valid JSON.
+        """
         ctx = current_request.get()
-        payload: dict[str, Any] = {
-            "timestamp": self._timestamps.format(time.time()),
-            "level": "info",
-            "logger": ACCESS_LOGGER_NAME,
-            "message": mask_url_credentials(msg),
-            "service": ctx.service if ctx is not None else self.service,
-            "request_id": ctx.request_id if ctx is not None else None,
-        }
-        if ctx is not None and ctx.trace_id is not None:
-            payload["trace_id"] = ctx.trace_id
-        payload.update(fields)
-        return _ENCODER.encode(payload)
+        if ctx is not None:
+            service, request_id = ctx.service, _esc(ctx.request_id)
+            trace = "" if ctx.trace_id is None else f', "trace_id": {_esc(ctx.trace_id)}'
+        else:
+            service, request_id, trace = self.service, "null", ""
+        e = entry
+        message = _esc(mask_url_credentials(e.message))
+        return (
+            f'{{"timestamp": "{self._timestamps.format(time.time())}", "level": "info", '
+            f'"logger": "{ACCESS_LOGGER_NAME}", "message": {message}, '
+            f'"service": {_esc(service)}, "request_id": {request_id}{trace}, '
+            f'"method": {_esc(e.method)}, "path": {_esc(e.path)}, "route": {_opt(e.route)}, '
+            f'"status": {e.status:d}, "duration_ms": {e.duration_ms!r}, '
+            f'"remote_addr": {_opt(e.remote_addr)}, "user_agent": {_opt(e.user_agent)}, '
+            f'"response_size": {"null" if e.response_size is None else f"{e.response_size:d}"}}}'
+        )
 
     def format(self, record: logging.LogRecord) -> str:
         try:
@@ -376,7 +439,7 @@ class RequestContextFilter(logging.Filter):
 # --- handlers and set-up -------------------------------------------------------------
 
 
-class _StdoutHandler(logging.StreamHandler[IO[str]]):
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # not generic at 3.10
     """Writes to whatever ``sys.stdout`` is at emit time; never prints logging errors."""
 
     def __init__(self) -> None:
@@ -411,6 +474,27 @@ class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
 
 
 _OWNED = "_flask_gateway_obs_handler"
+
+
+class ServerAccessLineFilter(logging.Filter):
+    """Drops the development server's own per-request lines (``"GET /?q=.." 200 -``):
+    our access line replaces them, with the request ID and without the query string.
+    Its start-up banner and its error lines stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        try:
+            return " - - [" not in record.getMessage()[:96]
+        except Exception:
+            return True
+
+
+def quiet_server_access_lines() -> None:
+    """Install :class:`ServerAccessLineFilter` on werkzeug's logger, once."""
+    server_logger = logging.getLogger("werkzeug")
+    if not any(isinstance(f, ServerAccessLineFilter) for f in server_logger.filters):
+        server_logger.addFilter(ServerAccessLineFilter())
 
 
 def configure_logging(
@@ -532,16 +616,66 @@ class AccessLog:
             return fast
         return None
 
-    def write(self, msg: str, fields: dict[str, Any]) -> None:
-        """Log ``msg`` with ``fields`` at info."""
+    def write(self, entry: AccessEntry) -> None:
+        """Log one request's access line at info."""
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
         fast = self._fast_path()
         if fast is not None:
-            fast.write_line(fast.formatter.access_line(msg, fields))  # type: ignore[union-attr]
+            fast.write_line(fast.formatter.access_line(entry))  # type: ignore[union-attr]
             return
-        emit(logger, logging.INFO, msg, fields)
+        emit(logger, logging.INFO, entry.message, entry.fields())
+
+
+class AccessEntry:
+    """The fields of one access line."""
+
+    __slots__ = (
+        "duration_ms",
+        "message",
+        "method",
+        "path",
+        "remote_addr",
+        "response_size",
+        "route",
+        "status",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        route: str | None,
+        status: int,
+        duration_ms: float,
+        remote_addr: str | None,
+        user_agent: str | None,
+        response_size: int | None,
+    ) -> None:
+        self.message = f"{method} {path} {status}"
+        self.method = method
+        self.path = path
+        self.route = route
+        self.status = status
+        self.duration_ms = duration_ms
+        self.remote_addr = remote_addr
+        self.user_agent = user_agent
+        self.response_size = response_size
+
+    def fields(self) -> dict[str, Any]:
+        """The fields as ``extra`` for an ordinary log record."""
+        return {
+            "method": self.method,
+            "path": self.path,
+            "route": self.route,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+            "remote_addr": self.remote_addr,
+            "user_agent": self.user_agent,
+            "response_size": self.response_size,
+        }
 
 
 def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:

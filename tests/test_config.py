@@ -113,3 +113,45 @@ def test_settings_are_immutable() -> None:
     settings = load_settings({}, {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.log_level = 10  # type: ignore[misc]
+
+
+def test_config_errors_never_echo_secrets() -> None:
+    """Tokens and DSNs are hidden and URL passwords masked in the error message."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                Keys.REDIS_URL: "http://:hunter2@redis:6379",
+                "GATEWAY_OBS_METRICS_TOKEN": 12,
+                "GATEWAY_OBS_SENTRY_DSNX": "https://secretkey@o1.ingest/1",
+            },
+            {},
+        )
+    message = str(caught.value)
+    assert "hunter2" not in message and "secretkey" not in message
+    assert "http://:***@redis:6379" in message
+
+
+def test_numbers_from_the_environment_are_kept_as_text(make_app, monkeypatch) -> None:
+    """A version or name that JSON-decodes as a number is taken back as text."""
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_SERVICE_VERSION", "2024")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_SERVICE_NAME", "7")
+    app = make_app(init=False)
+    app.config.from_prefixed_env()
+    GatewayObs(app)
+    settings = app.extensions["gateway_obs"].settings
+    assert (settings.service_version, settings.service_name) == ("2024", "7")
+
+
+def test_log_file_in_a_missing_directory_is_refused(tmp_path) -> None:
+    """A log file that could never be written fails at init_app, not silently later."""
+    with pytest.raises(ConfigError, match="LOG_FILE"):
+        load_settings({Keys.LOG_FILE: str(tmp_path / "nope" / "gw.log")}, {})
+    with pytest.raises(ConfigError, match="LOG_FILE"):
+        load_settings({Keys.LOG_FILE: str(tmp_path)}, {})
+    assert load_settings({Keys.LOG_FILE: str(tmp_path / "gw.log")}, {}).log_file
+
+
+def test_request_id_header_must_be_an_ascii_token() -> None:
+    """Non-ASCII header names are refused."""
+    with pytest.raises(ConfigError, match="REQUEST_ID_HEADER"):
+        load_settings({Keys.REQUEST_ID_HEADER: "X-Requ\u00e9st"}, {})

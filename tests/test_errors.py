@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from flask import Flask, Response, abort
+from flask import Flask, Response, abort, request
 
 from flask_gateway_obs import (
     AppError,
@@ -61,6 +61,10 @@ def app(make_app) -> Flask:
         if item_id == 8:
             raise AppError("teapot", 418, code="teapot")
         return {"id": item_id}
+
+    @app.post("/json")
+    def json_view() -> dict[str, Any]:
+        return {"got": request.get_json()}
 
     @app.get("/async")
     async def async_view() -> dict[str, Any]:
@@ -222,4 +226,37 @@ def test_bad_input_never_becomes_a_500(app: Flask) -> None:
     client = app.test_client()
     assert client.open("/items/1", method="BREW").status_code == 405
     assert client.get("/" + "a" * 10_000).status_code == 404
-    assert client.post("/items/1", data="{bad", content_type="application/json").status_code == 405
+    assert client.post("/json", data="{bad", content_type="application/json").status_code == 400
+    assert (
+        client.post("/json", data=b"\xff\xfe", content_type="application/json").status_code == 400
+    )
+
+
+def test_error_in_an_after_request_hook_is_logged_once(make_app, capsys) -> None:
+    """Flask logs an after-request failure itself (with the stack); we add no second line."""
+    app = make_app({"TESTING": False})
+    app.add_url_rule("/", "i", lambda: "ok")
+
+    @app.after_request
+    def broken(response: Response) -> Response:
+        raise RuntimeError("after bug")
+
+    body = problem(app.test_client().get("/"))
+    assert body["code"] == "internal_error"
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    flask_lines = [r for r in records if r["message"] == "Exception on / [GET]"]
+    assert len(flask_lines) == 1 and "after bug" in flask_lines[0]["stack"]
+    assert not [r for r in records if r["logger"] == "flask_gateway_obs" and r["level"] == "error"]
+
+
+def test_non_finite_details_still_give_strict_json(make_app) -> None:
+    """NaN in an AppError's details never makes the body invalid JSON."""
+    app = make_app()
+
+    @app.get("/nan")
+    def nan_view() -> str:
+        raise ValidationError("bad", details={"score": float("nan")})
+
+    response = app.test_client().get("/nan")
+    body = json.loads(response.data, parse_constant=lambda c: pytest.fail(c))
+    assert body["errors"] == {"score": "nan"}

@@ -212,3 +212,108 @@ def test_nothing_happens_at_import_or_construction() -> None:
     before = list(logging.getLogger().handlers)
     GatewayObs()
     assert logging.getLogger().handlers == before
+
+
+def test_streamed_response_is_finished_when_its_body_is_closed(make_app, capsys) -> None:
+    """A streamed body's access line is written at close, with its request ID."""
+    app = make_app()
+
+    @app.get("/stream")
+    def stream() -> Response:
+        return Response(iter([b"a", b"b"]))
+
+    response = app.test_client().get("/stream", buffered=False, headers={"X-Request-ID": "s-1"})
+    assert response.headers["X-Request-ID"] == "s-1"
+    assert "access" not in capsys.readouterr().out  # still streaming
+    assert b"".join(response.response) == b"ab"  # type: ignore[arg-type]
+    response.close()
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (line["request_id"], line["status"], line["route"]) == ("s-1", 200, "/stream")
+    assert line["response_size"] is None
+
+
+def test_app_raising_through_the_wsgi_step_is_still_logged(make_app, capsys) -> None:
+    """An exception that escapes the wrapped WSGI app still ends the request once."""
+    app = make_app()
+
+    def exploding(environ: dict[str, Any], start_response: Any) -> Any:
+        raise ZeroDivisionError("escaped")
+
+    app.wsgi_app.wsgi_app = exploding  # type: ignore[attr-defined]
+    with pytest.raises(ZeroDivisionError):
+        app.test_client().get("/explode", headers={"X-Request-ID": "e-1"})
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    access = [r for r in lines if r["logger"] == "flask_gateway_obs.access"]
+    assert len(access) == 1
+    assert (access[0]["request_id"], access[0]["status"], access[0]["path"]) == (
+        "e-1",
+        500,
+        "/explode",
+    )
+
+
+def test_a_request_id_header_set_by_the_view_is_replaced_by_ours(make_app) -> None:
+    """One X-Request-ID on the response: ours, even if a view or upstream set one."""
+    app = make_app()
+    app.add_url_rule("/", "i", lambda: ("ok", 200, {"x-request-id": "upstream-id"}))
+    response = app.test_client().get("/", headers={"X-Request-ID": "mine"})
+    assert response.headers.getlist("X-Request-ID") == ["mine"]
+
+
+def test_failing_teardown_hook_answers_a_problem_with_the_request_id(make_app, capsys) -> None:
+    """A teardown hook that raises gives a problem+json 500, logged and counted as 500."""
+    from werkzeug.test import EnvironBuilder
+
+    app = make_app({"TESTING": False})
+    app.add_url_rule("/", "i", lambda: "ok")
+
+    @app.teardown_request
+    def broken(exc: BaseException | None) -> None:
+        raise RuntimeError("teardown bug")
+
+    calls: list[tuple[str, list[tuple[str, str]], Any]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        # As a real server does: a second call is allowed with exc_info before any byte is sent.
+        assert not calls or exc_info is not None
+        calls.append((status, headers, exc_info))
+        return lambda data: None
+
+    environ = EnvironBuilder(path="/", headers={"X-Request-ID": "td-1"}).get_environ()
+    body = b"".join(app(environ, start_response))
+    status, headers, _ = calls[-1]
+    assert status.startswith("500")
+    assert ("Content-Type", "application/problem+json") in headers
+    assert [v for k, v in headers if k == "X-Request-ID"] == ["td-1"]
+    problem = json.loads(body)
+    assert problem["request_id"] == "td-1" and b"teardown bug" not in body
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    access = [r for r in records if r["logger"] == "flask_gateway_obs.access"]
+    assert [r["status"] for r in access] == [500]
+    assert any(r.get("exc_message") == "teardown bug" for r in records)
+
+
+def test_detached_context_outside_the_wsgi_step_never_leaks(make_app) -> None:
+    """Errors handled in a bare test_request_context use the header's ID and leave nothing."""
+    from flask_gateway_obs.errors import handle_error
+
+    app = make_app()
+    state = app.extensions["gateway_obs"]
+    with app.test_request_context("/", headers={"X-Request-ID": "first"}):
+        response = handle_error(state, RuntimeError("x"))
+        assert json.loads(response.get_data())["request_id"] == "first"  # type: ignore[union-attr]
+    assert get_request_id() is None
+    with app.test_request_context("/", headers={"X-Request-ID": "second"}):
+        response = handle_error(state, RuntimeError("x"))
+        assert json.loads(response.get_data())["request_id"] == "second"  # type: ignore[union-attr]
+
+
+def test_apps_made_by_a_factory_are_not_kept_alive(make_app) -> None:
+    """The extension object holds its apps weakly."""
+    import gc
+
+    obs = GatewayObs()
+    for _ in range(3):
+        obs.init_app(Flask("short-lived"))
+    gc.collect()
+    assert obs._states == []

@@ -409,4 +409,90 @@ def test_helpers_mask_and_escape() -> None:
     assert mask_url_credentials("redis://:pw@h:6379/0 and postgresql://u:p@db/x") == (
         "redis://:***@h:6379/0 and postgresql://u:***@db/x"
     )
+    assert mask_url_credentials("redis://:p@ss@host:6379/0") == "redis://:***@host:6379/0"
     assert escape_control("a\nb\rc\x00d\u2028") == "a\\nb\\rc\\x00d\\u2028"
+
+
+def test_access_line_stays_valid_json_for_hostile_paths_and_agents(make_app, capsys) -> None:
+    """Quotes, backslashes, control and non-ASCII characters never break the JSON line."""
+    app = make_app()
+    client = app.test_client()
+    hostile_path = '/a"b\\c/%0A/\u00e9\u2028/<x>'
+    client.get(hostile_path, headers={"User-Agent": 'ua "quoted" \\ \u00fc'})
+    client.get("/t", environ_overrides={"HTTP_USER_AGENT": "a\r\nb\x00\x1b[31m"})
+    first, second = json_lines(capsys.readouterr().out)
+    assert first["path"] == '/a"b\\c/\n/\u00e9\u2028/<x>'
+    assert first["user_agent"] == 'ua "quoted" \\ \u00fc'
+    assert second["user_agent"] == "a\r\nb\x00\x1b[31m"
+
+
+def test_header_objects_and_pair_lists_are_redacted(make_app, capsys) -> None:
+    """werkzeug Headers, MultiDicts and lists of pairs are walked: their secrets are redacted."""
+    app = make_app()
+
+    @app.get("/")
+    def view() -> str:
+        from flask import request
+
+        get_logger().info(
+            "incoming",
+            headers=request.headers,
+            pairs=list(request.headers.items()),
+            query=request.args,
+        )
+        return "ok"
+
+    app.test_client().get(
+        f"/?token={SECRET}&page=2",
+        headers={"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET, "Accept": "a/b"},
+    )
+    out = capsys.readouterr().out
+    assert SECRET not in out
+    incoming = next(r for r in json_lines(out) if r["message"] == "incoming")
+    assert incoming["headers"]["Accept"] == "a/b"
+    assert ["Authorization", "[REDACTED]"] in incoming["pairs"]
+    assert incoming["query"] == {"token": "[REDACTED]", "page": "2"}
+
+
+def test_non_finite_numbers_still_give_valid_json(make_app, capsys) -> None:
+    """NaN and Infinity are written as strings so every line stays strict JSON."""
+    make_app()
+    get_logger().info("ratio", ratio=float("nan"), nested={"x": float("inf")})
+    line = capsys.readouterr().out.splitlines()[-1]
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert record["ratio"] == "nan" and record["nested"] == {"x": "inf"}
+
+
+def test_logs_written_while_a_body_streams_keep_the_request_id(make_app, capsys) -> None:
+    """A generator body logs with its request's ID, chunk after chunk."""
+    app = make_app()
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def chunks() -> Iterator[bytes]:
+            for n in range(2):
+                get_logger().info("chunk", n=n)
+                yield b"x"
+
+        return app.response_class(chunks())
+
+    response = app.test_client().get("/stream", headers={"X-Request-ID": "str-1"})
+    assert response.data == b"xx"
+    records = json_lines(capsys.readouterr().out)
+    assert [r["request_id"] for r in records if r["message"] == "chunk"] == ["str-1", "str-1"]
+    assert get_request_id() is None
+
+
+def test_development_server_request_lines_are_dropped_but_not_its_banner() -> None:
+    """The werkzeug server's own request lines (with query strings) are filtered out."""
+    from flask_gateway_obs.logs import ServerAccessLineFilter
+
+    keep = ServerAccessLineFilter()
+
+    def record(level: int, msg: str) -> logging.LogRecord:
+        return logging.makeLogRecord({"name": "werkzeug", "levelno": level, "msg": msg})
+
+    line = '127.0.0.1 - - [28/Nov/2026 18:00:00] "GET /?api_key=x HTTP/1.1" 200 -'
+    assert not keep.filter(record(logging.INFO, line))
+    assert keep.filter(record(logging.INFO, " * Running on http://127.0.0.1:5000"))
+    assert keep.filter(record(logging.ERROR, "127.0.0.1 - - [..] code 400, message Bad"))

@@ -10,6 +10,7 @@ import random
 import shutil
 import string
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -282,6 +283,38 @@ def test_global_registry_app_created_twice_replaces_the_first(make_app: MakeApp)
     metrics_module._global_collectors.clear()
 
 
+@pytest.fixture
+def global_registry() -> Iterator[None]:
+    """Leaves prometheus_client.REGISTRY without the collectors a test's apps put there."""
+    from prometheus_client import REGISTRY
+
+    yield
+    for collector in list(metrics_module._global_collectors):
+        REGISTRY.unregister(collector)
+    metrics_module._global_collectors.clear()
+
+
+def test_global_registry_two_apps_scrape_each_family_once(
+    make_app: MakeApp, global_registry: None
+) -> None:
+    """Two apps on the global registry: neither scrape repeats a family of the other's
+    (the first app's would otherwise carry the second's too); promtool passes both."""
+    first = gateway(make_app, METRICS_REGISTRY="global")
+    second = gateway(make_app, METRICS_REGISTRY="global")
+    first.test_client().get("/items/1")
+    second.test_client().get("/bad")
+    for app in (first, second):
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+        names = [family.name for family in text_string_to_metric_families(text)]
+        assert sorted(names) == sorted(set(names)), "a family appears twice"
+        assert text.count("# TYPE http_requests_total counter") == 1
+        assert "process_cpu_seconds_total" in text  # the registry's other collectors stay
+        promtool_check(text)
+    assert metric_value(first, "http_requests_total") == 1
+    assert metric_value(first, "http_requests_total", route="/bad") == 0
+    assert metric_value(second, "http_requests_total", route="/bad") == 1
+
+
 def test_name_taken_on_a_shared_registry_is_a_clear_error(make_app: MakeApp) -> None:
     """A user metric with one of our names on the global registry fails with advice."""
     from prometheus_client import REGISTRY, Counter
@@ -322,6 +355,25 @@ def test_count_internal_counts_health_but_never_metrics(make_app: MakeApp) -> No
     client.get("/metrics")
     assert metric_value(app, "http_requests_total", route="/health/live") == 1
     assert metric_value(app, "http_requests_total", route="/metrics") == 0
+
+
+@pytest.mark.parametrize("count_internal", [False, True])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "BREW"])
+def test_metrics_path_is_never_counted_whatever_the_method(
+    make_app: MakeApp, method: str, count_internal: bool
+) -> None:
+    """A wrong method on /metrics (a 405, which matches no rule) is counted neither in
+    http_requests_total nor in errors_total, nor is one on a health path by default."""
+    app = gateway(make_app, METRICS_COUNT_INTERNAL=count_internal)
+    client = app.test_client()
+    assert client.open("/metrics", method=method).status_code == 405
+    assert metric_value(app, "http_requests_total") == 0
+    assert metric_value(app, "errors_total") == 0
+    assert metric_value(app, "active_connections") == 0
+    assert client.open("/health/live", method=method).status_code == 405
+    expected = 1 if count_internal else 0
+    assert metric_value(app, "http_requests_total", route=UNMATCHED_ROUTE) == expected
+    assert metric_value(app, "errors_total", type="MethodNotAllowed") == expected
 
 
 def test_path_is_configurable_and_endpoint_can_be_off(make_app: MakeApp) -> None:
@@ -376,6 +428,20 @@ def test_openmetrics_is_negotiated(make_app: MakeApp) -> None:
     assert not wants_openmetrics("application/openmetrics-text;q=0")
     assert not wants_openmetrics("text/plain;q=1,application/openmetrics-text;q=0.5")
     assert wants_openmetrics("application/openmetrics-text")
+
+
+def test_openmetrics_negotiation_ignores_case(make_app: MakeApp) -> None:
+    """Media type and parameter names in Accept match whatever their case."""
+    assert wants_openmetrics("Application/OpenMetrics-Text; Version=1.0.0")
+    assert wants_openmetrics("APPLICATION/OPENMETRICS-TEXT")
+    assert not wants_openmetrics("Application/OpenMetrics-Text; Q=0")
+    assert not wants_openmetrics("Application/OpenMetrics-Text;q=0.2, Text/Plain")
+    app = gateway(make_app)
+    response = app.test_client().get(
+        "/metrics", headers={"Accept": "Application/OpenMetrics-Text; version=1.0.0"}
+    )
+    assert response.headers["Content-Type"] == CONTENT_TYPE_OPENMETRICS
+    assert response.get_data(as_text=True).endswith("# EOF\n")
 
 
 def test_gzip_when_accepted(make_app: MakeApp) -> None:
@@ -507,17 +573,20 @@ def test_allowlist_and_token_together(make_app: MakeApp) -> None:
 
 
 def test_in_flight_counts_during_and_returns_to_zero(make_app: MakeApp) -> None:
-    """active_connections is 1 inside a request and 0 after errors, aborts and streams."""
+    """active_connections is 1 inside a request, and while a body streams, and back to 0
+    after errors, aborts and streams (once the server closes the body)."""
     app = gateway(make_app)
     client = app.test_client()
     assert client.get("/in-flight").get_json() == {"value": 1.0}
     client.get("/boom")
     client.get("/abort")
     client.open("/items/1", method="DELETE")
-    streamed = client.get("/stream", buffered=False)
     assert metric_value(app, "active_connections") == 0
+    streamed = client.get("/stream", buffered=False)
+    assert metric_value(app, "active_connections") == 1  # its body is still streaming
     assert b"".join(streamed.response) == b"ab"  # type: ignore[arg-type]
     streamed.close()
+    assert metric_value(app, "active_connections") == 0
     unread = client.get("/stream", buffered=False)
     unread.close()  # the client hangs up before reading the body
     assert metric_value(app, "active_connections") == 0
@@ -818,6 +887,83 @@ def test_multiprocess_reader_follows_growth_and_dead_workers(tmp_path: Any) -> N
     values = _parsed(text)
     assert values[("reqs_total", (("route", "/new"), ("status", "201")))] == 4
     assert values[("g_livesum", (("k", "v"),))] == 101 % 7 + 103 % 7
+
+
+def test_multiprocess_reader_rereads_a_file_written_anew_with_the_same_size(
+    tmp_path: Any,
+) -> None:
+    """A file replaced under the same name by one of the same size with its keys in
+    another order (a new process with a dead one's pid) is parsed again, not misread."""
+    path = str(tmp_path)
+    first = [("g", "g", {"k": "a"}, 1.0, 0.0), ("g", "g", {"k": "b"}, 2.0, 0.0)]
+    _write(path, "gauge_livesum", 7, first)
+    reader = MultiprocessReader(path)
+    assert _parsed(render(reader.families()).decode()) == {
+        ("g", (("k", "a"),)): 1.0,
+        ("g", (("k", "b"),)): 2.0,
+    }
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    _write(str(newer), "gauge_livesum", 7, [(*first[1][:3], 20.0, 0.0), (*first[0][:3], 10.0, 0.0)])
+    old_size = os.path.getsize(os.path.join(path, "gauge_livesum_7.db"))
+    assert os.path.getsize(newer / "gauge_livesum_7.db") == old_size
+    os.replace(newer / "gauge_livesum_7.db", os.path.join(path, "gauge_livesum_7.db"))
+    assert _parsed(render(reader.families()).decode()) == {
+        ("g", (("k", "a"),)): 10.0,
+        ("g", (("k", "b"),)): 20.0,
+    }
+
+
+MULTIPROCESS_SCRIPT = """
+import sys
+
+from flask import Flask
+
+from flask_gateway_obs import GatewayObs
+
+app = Flask("script")
+app.config.update(
+    GATEWAY_OBS_LOG_CONFIGURE=False,
+    GATEWAY_OBS_HEALTH_CHECK_DISK=False,
+    GATEWAY_OBS_HEALTH_CHECK_MEMORY=False,
+)
+GatewayObs(app)
+app.add_url_rule("/x", "x", lambda: "x")
+if sys.argv[1] == "serve":
+    client = app.test_client()
+    client.get("/x")
+    print(client.get("/metrics").get_data(as_text=True))
+"""
+
+
+@pytest.mark.parametrize("mode", ["load", "serve"])
+def test_process_in_multiprocess_mode_leaves_no_live_gauge_file(tmp_path: Any, mode: str) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set: a process that only loads the app writes no metric
+    file; one that served requests leaves its counters and histograms, no live gauge."""
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    result = subprocess.run(
+        [sys.executable, "-c", MULTIPROCESS_SCRIPT, mode],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = sorted(name.rsplit("_", 1)[0] for name in os.listdir(prom))
+    if mode == "load":
+        assert kinds == []
+    else:
+        assert kinds == ["counter", "histogram"]
+        scraped = _parsed(result.stdout)
+        assert scraped[("active_connections", ())] == 0  # present, though it was idle
+        assert (
+            scraped[
+                ("http_requests_total", (("method", "GET"), ("route", "/x"), ("status", "200")))
+            ]
+            == 1
+        )
 
 
 # --- promtool --------------------------------------------------------------------------------
