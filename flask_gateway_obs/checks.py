@@ -3,7 +3,9 @@
 Each check is a callable object that returns a :class:`~flask_gateway_obs.health.CheckResult`
 or raises; the runner in :mod:`flask_gateway_obs.health` times it and bounds it.
 Every network check also carries its own client-side time limits, so the thread
-that runs it ends soon after the runner has given up on it.
+that runs it ends soon after the runner has given up on it; the one exception is
+``SELECT 1`` on a pooled PostgreSQL connection, which has only the server's
+``statement_timeout`` (see :class:`PostgresCheck`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ class PostgresCheck:
     A new connection gets ``connect_timeout`` and a ``statement_timeout``; a pooled one
     runs the query in a transaction with ``SET LOCAL statement_timeout`` that is then
     rolled back, and is always handed back (closed when it broke).
+
+    A pooled connection is already established and its socket has no client-side
+    timeout: if the network to the server goes silent, the query blocks until TCP
+    gives up (the pool's ``keepalives_*`` / ``tcp_user_timeout`` options decide when).
+    The runner still reports ``timeout`` at the check's deadline and starts no second
+    run meanwhile.
 
     :param dsn: a ``postgresql://`` URL or a libpq ``key=value`` string.
     :param pool: an object with ``getconn()`` and ``putconn(conn, close=...)``,

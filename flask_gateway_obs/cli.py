@@ -7,7 +7,12 @@ when it is healthy or degraded and 1 when it is unhealthy, for container
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import sys
+from collections.abc import Iterator
+from typing import IO
 
 import click
 from flask import Flask, current_app
@@ -34,23 +39,62 @@ obs_cli = AppGroup("obs", help="flask-gateway-obs: health and diagnostics.")
 def health_command(group: str | None, details: bool) -> None:
     """Run the health checks now and print the report as JSON.
 
-    Exits 0 when healthy or degraded, 1 when unhealthy.
+    Exits 0 when healthy or degraded, 1 when unhealthy. Only the report goes to
+    stdout; anything logged or printed meanwhile goes to stderr. The run feeds no
+    metric: this process is not the server, and in a multi-worker deployment
+    (``PROMETHEUS_MULTIPROC_DIR``) its numbers would add to the workers' for good.
     """
-    from .extension import EXTENSION_KEY
+    from .extension import EXTENSION_KEY, Recorder
     from .health import UNHEALTHY, UnknownGroupError, runner_of
 
     state = current_app.extensions.get(EXTENSION_KEY)
     if state is None:
         raise click.UsageError("flask-gateway-obs is not set up on this app (call init_app)")
     runner = runner_of(state)
-    runner.log_changes = False  # stdout is for the report
+    log_changes, recorder = runner.log_changes, state.recorder
+    runner.log_changes = False  # a one-off process has no previous status to compare with
+    state.recorder = Recorder()
     try:
-        report = runner.run(group, fresh=True)
-    except UnknownGroupError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--group'") from None
-    click.echo(json.dumps(report.to_dict(details=details), indent=2, default=str))
+        with _stdout_for_the_report_only() as stdout:
+            try:
+                report = runner.run(group, fresh=True)
+            except UnknownGroupError as exc:
+                raise click.BadParameter(str(exc), param_hint="'--group'") from None
+            click.echo(json.dumps(report.to_dict(details=details), indent=2, default=str), stdout)
+    finally:
+        runner.log_changes = log_changes
+        state.recorder = recorder
     if report.status == UNHEALTHY:
         raise click.exceptions.Exit(1)
+
+
+@contextlib.contextmanager
+def _stdout_for_the_report_only() -> Iterator[IO[str]]:
+    """Send what would be logged or printed to stdout to stderr; yield the real stdout.
+
+    The extension's log handler writes to whatever ``sys.stdout`` is, so swapping it
+    covers that handler and ``print``; a plain ``StreamHandler`` bound to stdout (e.g.
+    ``logging.basicConfig(stream=sys.stdout)``) is pointed at stderr meanwhile.
+    """
+    stdout, stderr = sys.stdout, sys.stderr
+    moved: list[logging.StreamHandler[IO[str]]] = []
+    known = list(logging.Logger.manager.loggerDict.values())  # a copy: it may grow meanwhile
+    loggers = [logging.getLogger(), *(v for v in known if isinstance(v, logging.Logger))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if (
+                isinstance(handler, logging.StreamHandler)
+                and handler.stream is stdout
+                and handler not in moved
+            ):
+                handler.setStream(stderr)
+                moved.append(handler)
+    try:
+        with contextlib.redirect_stdout(stderr):
+            yield stdout
+    finally:
+        for handler in moved:
+            handler.setStream(stdout)
 
 
 def register(app: Flask) -> None:

@@ -86,9 +86,10 @@ def wants_openmetrics(accept: str | None) -> bool:
     """Whether an ``Accept`` header prefers OpenMetrics 1.0.0 over the text format.
 
     Like prometheus_client, an ``application/openmetrics-text`` entry counts only
-    without a version or with version 1.0.0 or later; ``q=0`` refuses it.
+    without a version or with version 1.0.0 or later; ``q=0`` refuses it. Media types
+    and parameter names are case-insensitive.
     """
-    if not accept or "openmetrics" not in accept:
+    if not accept or "openmetrics" not in accept.lower():
         return False
     best_om = best_text = 0.0
     for entry in accept.split(","):
@@ -340,12 +341,20 @@ class _MpFamily:
 
 
 class _Layout:
-    """Where the values sit in one metric file, for one ``used`` size of it."""
+    """Where the values sit in one metric file, for one ``(inode, used size)`` of it.
 
-    __slots__ = ("op", "slots", "struct", "used")
+    The inode tells a file that was removed and written anew under the same name (a
+    dead worker's live gauge, then a new process with the same pid) from the old one,
+    though both may have the same size and different keys at the same offsets.
+    """
 
-    def __init__(self, used: int, op: int, slots: list[int], unpack: struct.Struct) -> None:
-        self.used = used
+    __slots__ = ("identity", "op", "slots", "struct")
+
+    def __init__(
+        self, identity: tuple[int, int, int], op: int, slots: list[int], unpack: struct.Struct
+    ) -> None:
+        #: ``(st_dev, st_ino, used)`` of the file the layout was parsed from.
+        self.identity = identity
         self.op = op
         self.slots = slots
         self.struct = unpack
@@ -357,8 +366,8 @@ class MultiprocessReader:
     Gives the same numbers as prometheus_client's ``MultiProcessCollector``
     (counters and histograms summed over every process that ever ran, gauges
     by their multiprocess mode) but keeps, per file, where each value sits: a
-    file whose size has not changed since the last scrape is read with a single
-    ``struct.unpack``, and each series' line prefix is built once.
+    file whose inode and used size have not changed since the last scrape is read
+    with a single ``struct.unpack``, and each series' line prefix is built once.
     """
 
     def __init__(self, path: str) -> None:
@@ -377,7 +386,12 @@ class MultiprocessReader:
         present: set[int] = set()
         extreme: dict[int, float] = {}
         recent: dict[int, float] = {}
-        for path in glob.glob(os.path.join(self.path, "*.db")):
+        paths = glob.glob(os.path.join(self.path, "*.db"))
+        if len(self._layouts) > len(paths):  # files removed (dead workers): forget them
+            existing = set(paths)
+            for gone in [p for p in self._layouts if p not in existing]:
+                del self._layouts[gone]
+        for path in paths:
             read = self._read(path)
             if read is None:
                 continue
@@ -437,15 +451,17 @@ class MultiprocessReader:
                 used = _HEADER.unpack_from(data, 0)[0]
                 if used > len(data):
                     data += handle.read(used - len(data))
+                stat = os.fstat(handle.fileno())
         except FileNotFoundError:
             return None  # a live gauge's file removed by mark_process_dead meanwhile
         except OSError as exc:
             self._warn_once(path, f"metric file unreadable: {exc}")
             return None
         used = min(used, len(data))
+        identity = (stat.st_dev, stat.st_ino, used)
         layout = self._layouts.get(path)
-        if layout is None or layout.used != used:
-            layout = self._parse(path, data, used)
+        if layout is None or layout.identity != identity:
+            layout = self._parse(path, data, identity)
             if layout is None:
                 return None
             self._layouts[path] = layout
@@ -455,7 +471,8 @@ class MultiprocessReader:
             self._layouts.pop(path, None)
             return None
 
-    def _parse(self, path: str, data: bytes, used: int) -> _Layout | None:
+    def _parse(self, path: str, data: bytes, identity: tuple[int, int, int]) -> _Layout | None:
+        used = identity[2]
         name = os.path.basename(path)[:-3]
         parts = name.split("_")
         kind = parts[0]
@@ -491,7 +508,7 @@ class MultiprocessReader:
                 offset = pos + 16
                 slots.append(slot)
             pos += 16
-        return _Layout(used, op, slots, struct.Struct("".join(fmt)))
+        return _Layout(identity, op, slots, struct.Struct("".join(fmt)))
 
     def _slot(self, key: str, kind: str, mode: str, pid: str) -> int | None:
         per_pid = mode in ("all", "liveall")

@@ -12,6 +12,7 @@ dependency costs at most one thread per check, however often the probes come.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hmac
@@ -19,7 +20,6 @@ import inspect
 import json
 import logging
 import os
-import queue
 import re
 import threading
 import time
@@ -50,6 +50,7 @@ __all__ = [
     "HealthSetup",
     "UnknownGroupError",
     "init_app",
+    "mask_details",
     "mask_secrets",
     "runner_of",
 ]
@@ -66,6 +67,9 @@ LIVE = "live"
 
 TIMEOUT_REASON = "timeout"
 _MAX_ERROR_TEXT = 500
+_MAX_DETAIL_DEPTH = 8
+#: Seconds a pool thread waits for work before it ends (a new probe starts it again).
+POOL_IDLE_SECONDS = 10.0
 _KV_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]+)")
 
 _log = logging.getLogger(LOGGER_NAME + ".health")
@@ -79,6 +83,32 @@ def mask_secrets(text: str) -> str:
     if "assword" in text or "ASSWORD" in text:
         text = _KV_PASSWORD.sub(r"\g<1>***", text)
     return text
+
+
+def mask_details(value: Any, _depth: int = 0) -> Any:
+    """``value`` with :func:`mask_secrets` applied to every string in it, however nested.
+
+    Mappings become dicts and lists, tuples and sets become lists; numbers, booleans
+    and ``None`` stay; any other object becomes its masked ``str()`` (what the JSON
+    body would print). Deeper than 8 levels the rest is cut to ``"..."``.
+    """
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if _depth >= _MAX_DETAIL_DEPTH:
+        return "..."
+    if isinstance(value, Mapping):
+        return {_mask_key(k): mask_details(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [mask_details(item, _depth + 1) for item in value]
+    return mask_secrets(str(value))
+
+
+def _mask_key(key: Any) -> Any:
+    if key is None or isinstance(key, (bool, int, float)):
+        return key
+    return mask_secrets(key if isinstance(key, str) else str(key))
 
 
 # --- results --------------------------------------------------------------------------------
@@ -233,48 +263,70 @@ class UnknownGroupError(ValueError):
 
 
 class _Pool:
-    """A bounded pool of daemon threads, started on demand.
+    """A bounded pool of daemon threads, started on demand, ending when idle.
 
     Not ``ThreadPoolExecutor``: its threads are joined at interpreter exit, so one
-    hung check would keep a worker process from ever exiting.
+    hung check would keep a worker process from ever exiting. A thread with no work
+    for ``idle_seconds`` ends, so an app that is no longer used (a test's, a factory's
+    discarded one) keeps no threads; a busy thread (a hung check) is not idle and
+    stays, and the runner starts no second run of its check meanwhile.
     """
 
-    def __init__(self, max_workers: int) -> None:
+    def __init__(self, max_workers: int, idle_seconds: float) -> None:
         self._max = max_workers
-        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._idle_seconds = idle_seconds
+        self._tasks: collections.deque[Callable[[], None]] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._live = 0
         self._idle = 0
-        self._queued = 0
+        self._started = 0
 
     @property
     def size(self) -> int:
-        """Threads started so far."""
-        return len(self._threads)
+        """Threads alive now."""
+        return self._live
 
     def submit(self, task: Callable[[], None]) -> None:
-        with self._lock:
-            self._queued += 1
-            self._tasks.put(task)
-            if self._queued > self._idle and len(self._threads) < self._max:
+        with self._ready:
+            self._tasks.append(task)
+            if len(self._tasks) > self._idle and self._live < self._max:
+                self._live += 1
+                self._started += 1
                 thread = threading.Thread(
-                    target=self._work, name=f"gateway-obs-health-{len(self._threads)}", daemon=True
+                    target=self._work, name=f"gateway-obs-health-{self._started}", daemon=True
                 )
-                self._threads.append(thread)
                 thread.start()
+            else:
+                self._ready.notify()
+
+    def _next(self) -> Callable[[], None] | None:
+        """The next task, or ``None`` once idle for ``idle_seconds`` (the thread then ends).
+
+        Decided under the lock: a task queued while this thread counted as idle is
+        always seen, so it cannot be left without a thread.
+        """
+        with self._ready:
+            while not self._tasks:
+                self._idle += 1
+                try:
+                    woken = self._ready.wait(self._idle_seconds)
+                finally:
+                    self._idle -= 1
+                if not woken and not self._tasks:
+                    self._live -= 1
+                    return None
+            return self._tasks.popleft()
 
     def _work(self) -> None:
         while True:
-            with self._lock:
-                self._idle += 1
-            task = self._tasks.get()
-            with self._lock:
-                self._idle -= 1
-                self._queued -= 1
+            task = self._next()
+            if task is None:
+                return
             try:
                 task()
             except BaseException:  # a worker thread must outlive any check
                 _log.debug("health task failed", exc_info=True)
+            del task  # drop the finished run before waiting for the next
 
 
 # --- the runner --------------------------------------------------------------------------------
@@ -410,7 +462,7 @@ class HealthRunner:
                     starts.append(flight)
                 waits.append(flight)
             if starts and self._pool is None:
-                self._pool = _Pool(self._max_workers)
+                self._pool = _Pool(self._max_workers, POOL_IDLE_SECONDS)
             pool = self._pool
         if pool is not None:
             for flight in starts:
@@ -421,7 +473,7 @@ class HealthRunner:
 
     @property
     def threads(self) -> int:
-        """Threads the pool has started in this process (for tests and diagnostics)."""
+        """Threads of the pool alive in this process (for tests and diagnostics)."""
         return self._pool.size if self._pool is not None else 0
 
     def _execute(self, flight: _Flight) -> None:
@@ -473,12 +525,9 @@ class HealthRunner:
         recorder = self._state.recorder
         try:
             recorder.health_check(outcome.name, outcome.status)
-            recorder.dependency(
-                outcome.name,
-                "health",
-                outcome.response_time_ms / 1000.0,
-                outcome.status == UNHEALTHY,
-            )
+            # failed=False: health_check_status carries the result; a failing check is
+            # not an application error, and errors_total must not grow with each probe.
+            recorder.dependency(outcome.name, "health", outcome.response_time_ms / 1000.0, False)
         except Exception:  # instrumentation never breaks a probe
             _log.debug("health metrics failed", exc_info=True)
         if not self.log_changes or outcome.status == previous:
@@ -544,14 +593,15 @@ def _call(check: HealthCheck) -> CheckOutcome:
     elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
     if check.target:
         details = {**check.target, **details}
+    # A reason or a detail is often an exception's text or a DSN: mask them as the error.
     return CheckOutcome(
         check.name,
         status,
         elapsed_ms,
         check.critical,
-        reason,
+        None if reason is None else mask_secrets(str(reason)),
         error,
-        {k: mask_secrets(v) if isinstance(v, str) else v for k, v in details.items()},
+        mask_details(details),
     )
 
 
@@ -567,7 +617,7 @@ def _timed_out(flight: _Flight) -> CheckOutcome:
         flight.check.critical,
         TIMEOUT_REASON,
         f"no result within {flight.timeout:g} s",
-        dict(flight.check.target),
+        mask_details(flight.check.target),
     )
 
 

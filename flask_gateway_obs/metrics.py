@@ -17,6 +17,7 @@ every worker.
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import contextlib
 import functools
@@ -79,6 +80,7 @@ __all__ = [
     "DependencyTracker",
     "HttpMetrics",
     "MetricsRecorder",
+    "forget_process",
     "init_app",
     "normalize_path",
     "track_dependency",
@@ -92,6 +94,9 @@ HEALTH_VALUES = {"healthy": 1.0, "degraded": 0.5, "unhealthy": 0.0}
 
 _log = logging.getLogger("flask_gateway_obs.metrics")
 _SKIP = object()
+#: Set on every collector the extension creates: ``/metrics`` renders its own and leaves
+#: those of other apps on a shared registry (``GATEWAY_OBS_METRICS_REGISTRY=global``) out.
+_OWNED_ATTRIBUTE = "_flask_gateway_obs_collector"
 #: The clock of :class:`DependencyTracker` (tests replace it).
 _clock: Callable[[], float] = time.perf_counter
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -239,24 +244,31 @@ class HttpMetrics:
         self._lock = threading.Lock()
 
     def request_started(self, ctx: RequestContext) -> None:
-        rule = request.url_rule
-        if rule is not None and rule.rule in self._excluded:
-            return
-        self._in_flight_inc(1.0)
+        # Routing has not happened yet: the extension's own endpoints (a scrape in
+        # progress) are recognised by their exact path.
+        if ctx.environ.get("PATH_INFO") not in self._excluded:
+            ctx.in_flight = True
+            self._in_flight_inc(1.0)
 
-    def request_finished(self, ctx: RequestContext, status: int, duration: float) -> None:
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        rule = req.url_rule
-        method = req.method
+    def request_finished(
+        self, ctx: RequestContext, method: str, route: str | None, status: int, duration: float
+    ) -> None:
+        if ctx.in_flight:  # the gauge returns to idle whatever the request became
+            ctx.in_flight = False
+            self._in_flight_inc(-1.0)
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
-        route = rule.rule if rule is not None else UNMATCHED_ROUTE
+        if route is None:
+            # No rule matched (404, or 405 for a wrong method): an endpoint of ours
+            # is still recognised by its path, so POST /metrics is never counted.
+            if ctx.environ.get("PATH_INFO") in self._excluded:
+                return
+            route = UNMATCHED_ROUTE
         entry = self._entries.get((method, route, status))
         if entry is None:
             entry = self._entry(method, route, status)
         if entry is _SKIP:
             return
-        self._in_flight_inc(-1.0)
         count, observe, buckets, bounds = entry
         count(1.0)
         observe(duration)
@@ -297,9 +309,11 @@ class ErrorCounter:
         self._excluded = excluded
 
     def __call__(self, info: ErrorInfo) -> None:
-        rule = request.url_rule if request else None
-        if rule is not None and rule.rule in self._excluded:
-            return
+        if request:
+            rule = request.url_rule
+            excluded = self._excluded
+            if (rule.rule if rule is not None else request.environ.get("PATH_INFO")) in excluded:
+                return  # an endpoint of ours, whatever the method (a 405 has no rule)
         error = info.error
         cause = getattr(error, "original_exception", None) or error
         self._recorder.error(type(cause).__name__, info.source)
@@ -317,6 +331,7 @@ class _AppInfo:
     """``app_info{service,version} 1``: constant, so every worker reports it alike."""
 
     def __init__(self, name: str, service: str, version: str) -> None:
+        setattr(self, _OWNED_ATTRIBUTE, True)
         self.name = name
         self.labels = {"service": service, "version": version}
         self.help = "Service name and version of the app (always 1)."
@@ -349,6 +364,7 @@ class AppMetrics:
 
         def build(cls: Any, name: str, doc: str, labels: tuple[str, ...] = (), **kw: Any) -> Any:
             metric = cls(name, doc, labels, namespace=ns, registry=None, **kw)
+            setattr(metric, _OWNED_ATTRIBUTE, True)
             created.append(metric)
             return metric
 
@@ -373,7 +389,7 @@ class AppMetrics:
             ("type", "source"),
         )
         self.in_flight = build(
-            Gauge,
+            Gauge if self.multiprocess_dir is None else _DeferredGauge,
             "active_connections",
             "Requests being served right now (summed over live workers).",
             multiprocess_mode="livesum",
@@ -416,7 +432,7 @@ class AppMetrics:
         self.app_info = _AppInfo(info_name, state.service, settings.service_version or "unknown")
         self.fast = supports_fast_path(self.requests, self.in_flight, self.duration)
         self._register(created)
-        self._ours = {id(m) for m in created} | {id(self.app_info)}
+        self._collectors: list[Any] = [*created, self.app_info]
         self._walkers = [MetricWalker(m) for m in created] if self.fast else []
         self._reader = MultiprocessReader(self.multiprocess_dir) if self.multiprocess_dir else None
         self._render_lock = threading.RLock()  # one render at a time: the reader keeps state
@@ -483,6 +499,8 @@ class AppMetrics:
     def families(self) -> list[Family]:
         """Our families with their current values (merged over workers in multiprocess)."""
         if self._reader is not None:
+            # A process that is scraped serves requests: its in-flight file may exist now.
+            self.in_flight._value.materialise()
             families = self._reader.families()
         else:
             families = [walker.family() for walker in self._walkers]
@@ -490,14 +508,16 @@ class AppMetrics:
         return families
 
     def _others(self) -> list[Any]:
-        """Collectors on the registry that are not ours, rendered by prometheus_client."""
+        """Collectors on the registry that are not the extension's, rendered by
+        prometheus_client. Ours are left out whichever app made them: on the global
+        registry an earlier app's scrape must not repeat a later app's families."""
         registry = self.registry
         try:
             with registry._lock:
                 collectors = list(registry._collector_to_names)
         except AttributeError:  # pragma: no cover - a prometheus_client without it
             return [registry]
-        others = [c for c in collectors if id(c) not in self._ours]
+        others = [c for c in collectors if not getattr(c, _OWNED_ATTRIBUTE, False)]
         if self._reader is not None:
             default = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
             others = [
@@ -521,7 +541,7 @@ class AppMetrics:
                 self.fast = False
                 if self._reader is not None:
                     raise
-        return render((), [self.registry], openmetrics=openmetrics)
+        return render((), [*self._collectors, *self._others()], openmetrics=openmetrics)
 
     def exposition(self, openmetrics: bool, compress: bool) -> bytes:
         """:meth:`render`, gzipped if asked, reused for ``GATEWAY_OBS_METRICS_CACHE_SECONDS``."""
@@ -640,6 +660,98 @@ class MetricsEndpoint:
 # --- multiprocess ---------------------------------------------------------------------
 
 
+class _DeferredValue:
+    """A multiprocess gauge value whose file is written on first use, not at creation.
+
+    prometheus_client writes an unlabelled metric's file as the metric is created. In
+    a process that loads the app without serving it (``flask obs health``, ``flask
+    shell``, a script) that file would outlive the process, as no ``child_exit`` is
+    ever called for it.
+    """
+
+    __slots__ = ("_factory", "_lock", "_value")
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._value: Any = None
+        self._lock = threading.Lock()
+
+    def materialise(self) -> Any:
+        """The real value, created (with its file) if it is not yet."""
+        value = self._value
+        if value is None:
+            with self._lock:
+                value = self._value
+                if value is None:
+                    value = self._value = self._factory()
+        return value
+
+    def inc(self, amount: float) -> None:
+        self.materialise().inc(amount)
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self.materialise().set(value, timestamp)
+
+    def get(self) -> float:
+        value = self._value
+        return 0.0 if value is None else float(value.get())
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        """Multiprocess values keep no exemplars."""
+
+    def get_exemplar(self) -> None:
+        return None
+
+
+class _DeferredGauge(Gauge):
+    """An unlabelled :class:`~prometheus_client.Gauge` whose multiprocess file is
+    written when it is first changed (or the process is first scraped)."""
+
+    def _metric_init(self) -> None:
+        params = (
+            self._type,
+            self._name,
+            self._name,
+            self._labelnames,
+            self._labelvalues,
+            self._documentation,
+        )
+        mode = self._multiprocess_mode
+        self._value = _DeferredValue(lambda: values.ValueClass(*params, multiprocess_mode=mode))
+
+
+_exit_hook_lock = threading.Lock()
+_exit_hook_installed = False
+
+
+def forget_process(path: str | None = None) -> None:
+    """Remove the live-gauge files of this process from the multiprocess directory.
+
+    What ``child_exit`` does for a gunicorn worker (``mark_process_dead``), done by
+    the process itself; registered to run at exit in every process that uses the
+    directory, so that one that is not a server worker (a CLI command, a script)
+    leaves no in-flight count, breaker state or health result behind. Counters and
+    histograms stay: their totals must survive the process.
+    """
+    path = path or multiprocess_dir_setting()
+    if not path:
+        return
+    try:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
+    except Exception:  # at exit, or racing the master's child_exit: never fail
+        _log.debug("removing this process's live metric files failed", exc_info=True)
+
+
+def _forget_process_at_exit(path: str) -> None:
+    global _exit_hook_installed
+    with _exit_hook_lock:
+        if not _exit_hook_installed:
+            _exit_hook_installed = True
+            atexit.register(forget_process, path)
+
+
 def multiprocess_dir_setting() -> str | None:
     """``PROMETHEUS_MULTIPROC_DIR``, if set and not empty."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -669,6 +781,7 @@ def _multiprocess_dir() -> str | None:
             "metrics cannot be shared between workers. Create it (writable by the "
             "workers' user) or unset the variable for a single-process server."
         )
+    _forget_process_at_exit(path)
     return path
 
 

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 from flask import Flask
 
+import flask_gateway_obs
 from flask_gateway_obs import CheckResult, GatewayObs
 from flask_gateway_obs.config import Keys
+from flask_gateway_obs.extension import EXTENSION_KEY
 
 from .conftest import MakeApp, free_port
 
 QUIET = {Keys.HEALTH_CHECK_MEMORY: False, Keys.HEALTH_CHECK_DISK: False}
+#: The checkout under test, ahead of whatever copy of the package the interpreter has.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(flask_gateway_obs.__file__)))
 
 
 def build(make_app: MakeApp, config: dict[str, Any] | None = None) -> tuple[Flask, GatewayObs]:
@@ -22,8 +31,9 @@ def build(make_app: MakeApp, config: dict[str, Any] | None = None) -> tuple[Flas
 
 
 def invoke(app: Flask, *args: str) -> tuple[int, str]:
+    """Exit code and stdout (stderr apart) of ``flask obs health *args``."""
     result = app.test_cli_runner().invoke(args=["obs", "health", *args])
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def test_healthy_report_exits_0_with_json(
@@ -96,10 +106,11 @@ def test_live_group_never_touches_dependencies(make_app: MakeApp) -> None:
 def test_unknown_group_is_a_usage_error(make_app: MakeApp) -> None:
     """An unknown group exits 2 with the known groups in the message."""
     app, _ = build(make_app, QUIET)
-    code, output = invoke(app, "--group", "nope")
-    assert code == 2
-    assert "unknown health group 'nope'" in output
-    assert "live, ready" in output
+    result = app.test_cli_runner().invoke(args=["obs", "health", "--group", "nope"])
+    assert result.exit_code == 2
+    assert "unknown health group 'nope'" in result.stderr
+    assert "live, ready" in result.stderr
+    assert result.stdout == ""
 
 
 def test_cli_ignores_the_cache(make_app: MakeApp) -> None:
@@ -118,3 +129,105 @@ def test_help_lists_the_command(make_app: MakeApp) -> None:
     result = app.test_cli_runner().invoke(args=["obs", "--help"])
     assert result.exit_code == 0
     assert "health" in result.output
+
+
+def test_stdout_is_only_the_report_while_checks_log_and_print(make_app: MakeApp) -> None:
+    """Records logged and text printed during the run go to stderr; stdout is pure JSON;
+    the runner's status-change logging and the app's recorder are put back afterwards."""
+    app, obs = build(make_app, QUIET)  # the extension's JSON log handler on stdout
+
+    @obs.health_check("noisy")
+    def noisy() -> None:
+        logging.getLogger("mylib").warning("retrying connection")
+        print("chatter")
+
+    state = app.extensions[EXTENSION_KEY]
+    recorder = state.recorder
+    result = app.test_cli_runner().invoke(args=["obs", "health"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["checks"]["noisy"]["status"] == "healthy"
+    assert "retrying connection" in result.stderr
+    assert "chatter" in result.stderr
+    assert state.health.log_changes is True
+    assert state.recorder is recorder
+
+
+def test_a_failed_run_restores_the_runner_and_recorder(make_app: MakeApp) -> None:
+    """Even when the command fails, status-change logging and the recorder come back."""
+    app, _ = build(make_app, QUIET)
+    state = app.extensions[EXTENSION_KEY]
+    recorder = state.recorder
+    assert invoke(app, "--group", "nope")[0] == 2
+    assert state.health.log_changes is True
+    assert state.recorder is recorder
+
+
+def test_the_command_feeds_no_metric(make_app: MakeApp) -> None:
+    """A CLI run is not the server's: health_check_status and errors_total stay untouched."""
+    from flask_gateway_obs.testing import metric_value
+
+    app, obs = build(make_app, QUIET)
+    obs.health_check("down")(lambda: False)
+    assert invoke(app)[0] == 1
+    assert metric_value(app, "health_check_status") == 0
+    assert metric_value(app, "dependency_latency_seconds_count") == 0
+    assert metric_value(app, "errors_total") == 0
+
+
+CLI_APP = textwrap.dedent(
+    """
+    import logging
+    import sys
+
+    from flask import Flask
+
+    from flask_gateway_obs import GatewayObs
+
+    # a library logging to stdout with a handler of its own, besides the extension's
+    logging.getLogger("mylib").addHandler(logging.StreamHandler(sys.stdout))
+    app = Flask("cliapp")
+    app.config.update(
+        GATEWAY_OBS_HEALTH_CHECK_DISK=False,
+        GATEWAY_OBS_HEALTH_CHECK_MEMORY=False,
+        GATEWAY_OBS_REDIS_URL="redis://127.0.0.1:{port}/0",
+    )
+    obs = GatewayObs(app)
+
+
+    @obs.health_check("noisy", critical=False)
+    def noisy():
+        logging.getLogger("mylib").warning("retrying connection")
+        return False
+    """
+)
+
+
+def test_command_in_a_multiprocess_deployment_leaves_the_directory_alone(tmp_path: Any) -> None:
+    """A real `flask obs health` with PROMETHEUS_MULTIPROC_DIR set: no metric file is
+    written or left behind (the workers' scrapes would count it forever), the workers'
+    files are untouched, stdout is the report alone and the exit code is 1."""
+    (tmp_path / "cliapp.py").write_text(CLI_APP.format(port=free_port()))
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    live_worker = prom / "gauge_livesum_999999.db"  # a worker of the running server
+    live_worker.write_bytes(b"")
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(prom),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), PACKAGE_ROOT]),
+        "FLASK_APP": "cliapp",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "obs", "health"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["checks"]["redis"]["status"] == "unhealthy"
+    assert report["checks"]["noisy"]["status"] == "unhealthy"
+    assert result.stderr.count("retrying connection") == 2  # JSON line and plain line
+    assert sorted(os.listdir(prom)) == [live_worker.name]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,9 +22,14 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
+import flask_gateway_obs
+
 from .conftest import free_port
 
 pytestmark = pytest.mark.slow
+
+#: The checkout under test, ahead of whatever copy of the package the interpreter has.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(flask_gateway_obs.__file__)))
 
 APP = textwrap.dedent(
     """
@@ -32,6 +40,7 @@ APP = textwrap.dedent(
 
     from flask_gateway_obs import GatewayObs
 
+    HERE = os.path.dirname(os.path.abspath(__file__))
     app = Flask("gunicorn_gateway")
     app.config.update(
         GATEWAY_OBS_LOG_ACCESS=False,
@@ -44,6 +53,32 @@ APP = textwrap.dedent(
     @app.get("/work")
     def work():
         time.sleep(float(request.args.get("sleep", "0")))
+        return {"pid": os.getpid()}
+
+
+    @app.get("/gather")
+    def gather():
+        # Answers once n requests are being served at the same time. A sync worker
+        # serves one request at a time, so n answers come from n different workers.
+        arrivals = os.path.join(HERE, "arrivals")
+        os.makedirs(arrivals, exist_ok=True)
+        open(os.path.join(arrivals, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 30
+        while len(os.listdir(arrivals)) < int(request.args["n"]):
+            if time.monotonic() > deadline:
+                return {"pid": os.getpid(), "gathered": False}, 500
+            time.sleep(0.01)
+        return {"pid": os.getpid()}
+
+
+    @app.get("/hang")
+    def hang():
+        # Leaves a breaker state and a health result in this worker, then never answers.
+        recorder = app.extensions["gateway_obs"].recorder
+        recorder.breaker_state("doomed", 1)
+        recorder.health_check("doomed", "unhealthy")
+        open(os.path.join(HERE, f"hanging-{os.getpid()}"), "w").close()
+        time.sleep(120)
         return {"pid": os.getpid()}
     """
 )
@@ -58,7 +93,7 @@ class Gunicorn:
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         if multiproc_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
-        env["PYTHONPATH"] = workdir
+        env["PYTHONPATH"] = os.pathsep.join([workdir, PACKAGE_ROOT])
         self.log = open(os.path.join(workdir, f"gunicorn-{self.port}.log"), "w+b")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
@@ -134,14 +169,24 @@ def start(workdir: str) -> Iterator[Callable[..., Gunicorn]]:
 
 
 def scrape(server: Gunicorn) -> dict[str, float]:
-    """The total of each sample name of one scrape (over all label sets)."""
+    """The total of each sample name of one scrape (over the app's routes and no route)."""
     totals: dict[str, float] = {}
     text = server.get("/metrics").decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.labels.get("route", "/work") == "/work":
+            if sample.labels.get("route", "/work") in ("/work", "/gather"):
                 totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals
+
+
+def series(server: Gunicorn) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every (sample name, labels) of one scrape."""
+    text = server.get("/metrics").decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def hit(server: Gunicorn, count: int, sleep: float = 0.0, threads: int = 1) -> set[int]:
@@ -154,19 +199,71 @@ def hit(server: Gunicorn, count: int, sleep: float = 0.0, threads: int = 1) -> s
         return set(pool.map(one, range(count)))
 
 
+def gather(server: Gunicorn, workers: int) -> set[int]:
+    """One request per worker at the same time (see /gather); the pids that answered."""
+
+    def one(_: int) -> int:
+        return int(json.loads(server.get(f"/gather?n={workers}"))["pid"])
+
+    with ThreadPoolExecutor(workers) as pool:
+        return set(pool.map(one, range(workers)))
+
+
 def test_every_worker_reports_the_total(start: Callable[..., Gunicorn], tmp_path: Any) -> None:
-    """3 workers, a directory that does not exist yet: each scrape reports exactly N."""
+    """3 workers, a directory that does not exist yet: each worker serves requests and
+    each scrape reports exactly N."""
     metrics_dir = str(tmp_path / "not-yet" / "prom")
     server = start(metrics_dir, "--workers", "3")
     server.wait_ready()
-    pids = hit(server, 60, sleep=0.02, threads=6)
-    assert len(pids) >= 2, "requests did not spread over the workers"
+    assert len(gather(server, 3)) == 3, "each of the 3 workers served one request"
+    hit(server, 57, sleep=0.01, threads=6)
     for _ in range(12):
         totals = scrape(server)
         assert totals["http_requests_total"] == 60
         assert totals["http_request_duration_seconds_count"] == 60
         assert totals["active_connections"] == 0
     assert os.path.isdir(metrics_dir)
+
+
+def test_worker_killed_mid_request_leaves_no_live_gauge(
+    start: Callable[..., Gunicorn], tmp_path: Any
+) -> None:
+    """SIGKILL a worker in the middle of a request: active_connections returns to 0 and
+    the breaker state and health result it set disappear; its counts stay."""
+    metrics_dir = str(tmp_path / "prom")
+    server = start(metrics_dir, "--workers", "3", "--timeout", "120")
+    server.wait_ready()
+    hit(server, 5)
+
+    def hang() -> None:
+        with contextlib.suppress(OSError):  # the connection dies with the worker
+            server.get("/hang")
+
+    client = threading.Thread(target=hang, daemon=True)
+    client.start()
+    deadline = time.monotonic() + 20
+    while not glob.glob(os.path.join(str(tmp_path), "hanging-*")):
+        assert time.monotonic() < deadline, "the /hang request never started"
+        time.sleep(0.02)
+    doomed = int(glob.glob(os.path.join(str(tmp_path), "hanging-*"))[0].rsplit("-", 1)[1])
+    during = scrape(server)  # served by another worker: the doomed one is busy
+    assert during["active_connections"] == 1
+    assert ("circuit_breaker_state", (("breaker", "doomed"),)) in series(server)
+    assert ("health_check_status", (("check", "doomed"),)) in series(server)
+
+    os.kill(doomed, signal.SIGKILL)
+    client.join(timeout=30)
+    deadline = time.monotonic() + 20
+    while glob.glob(os.path.join(metrics_dir, f"gauge_live*_{doomed}.db")):
+        assert time.monotonic() < deadline, "child_exit did not mark the worker dead"
+        time.sleep(0.05)
+    for _ in range(6):
+        totals = scrape(server)
+        assert totals["active_connections"] == 0
+        assert totals["http_requests_total"] == 5
+        names = series(server)
+        assert ("circuit_breaker_state", (("breaker", "doomed"),)) not in names
+        assert ("health_check_status", (("check", "doomed"),)) not in names
 
 
 def test_totals_survive_recycled_workers(start: Callable[..., Gunicorn], tmp_path: Any) -> None:

@@ -942,7 +942,8 @@ def test_process_in_multiprocess_mode_leaves_no_live_gauge_file(tmp_path: Any, m
     file; one that served requests leaves its counters and histograms, no live gauge."""
     prom = tmp_path / "prom"
     prom.mkdir()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(metrics_module.__file__)))
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "PYTHONPATH": root}
     result = subprocess.run(
         [sys.executable, "-c", MULTIPROCESS_SCRIPT, mode],
         env=env,
