@@ -8,7 +8,9 @@ environment that starts gunicorn::
 
 or import the hooks into your own ``gunicorn.conf.py``::
 
-    from flask_gateway_obs.gunicorn import child_exit, on_starting  # noqa: F401
+    from flask_gateway_obs.gunicorn import (  # noqa: F401
+        child_exit, on_starting, post_fork, worker_exit,
+    )
 
 - :func:`on_starting` (master, once): creates the directory if needed, removes the
   metric files a previous run left (their counts would add to this run's), and
@@ -16,6 +18,10 @@ or import the hooks into your own ``gunicorn.conf.py``::
 - :func:`child_exit` (master, per worker that exits): ``mark_process_dead``, so a
   dead worker's in-flight count and breaker/health states stop counting. Its
   counters and histograms stay in the files: totals survive worker restarts.
+- :func:`post_fork` (worker, once): gives the worker Sentry clients of its own (also
+  done automatically after any fork; a safety net).
+- :func:`worker_exit` (worker, at exit): sends pending Sentry events, within
+  ``GATEWAY_OBS_SENTRY_SHUTDOWN_TIMEOUT``.
 
 This module imports nothing of prometheus_client at import time: the client picks
 its multiprocess mode when first imported, which must happen with the variable set.
@@ -28,7 +34,14 @@ import os
 import tempfile
 from typing import Any
 
-__all__ = ["check_directory", "child_exit", "clear_directory", "on_starting"]
+__all__ = [
+    "check_directory",
+    "child_exit",
+    "clear_directory",
+    "on_starting",
+    "post_fork",
+    "worker_exit",
+]
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 _BANNER = "!" * 72
@@ -102,3 +115,23 @@ def child_exit(server: Any, worker: Any) -> None:
         mark_process_dead(worker.pid, path)  # type: ignore[no-untyped-call]
     except Exception as exc:  # the master must survive whatever happens here
         server.log.warning("flask-gateway-obs: mark_process_dead(%s) failed: %s", worker.pid, exc)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """gunicorn ``post_fork`` hook: the worker's own Sentry clients (a no-op without a DSN)."""
+    try:
+        from .sentry import after_fork
+
+        after_fork()
+    except Exception as exc:
+        server.log.warning("flask-gateway-obs: Sentry set-up after fork failed: %s", exc)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn ``worker_exit`` hook: send pending Sentry events, in bounded time."""
+    try:
+        from .sentry import flush
+
+        flush(timeout=None)
+    except Exception as exc:
+        server.log.warning("flask-gateway-obs: Sentry flush at exit failed: %s", exc)

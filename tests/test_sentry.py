@@ -807,7 +807,8 @@ def test_gunicorn_preload_workers_deliver_events_and_stop_promptly(
     (tmp_path / "preloaded_app.py").write_text(textwrap.dedent(_GUNICORN_APP))
     port = free_port()
     env = {**os.environ, "TEST_SINK_DSN": sink.dsn, "PYTHONPATH": str(tmp_path)}
-    command = [gunicorn, "--preload", "-w", "2", "--graceful-timeout", "10"]
+    hooks = ["-c", "python:flask_gateway_obs.gunicorn"]  # post_fork and worker_exit included
+    command = [gunicorn, *hooks, "--preload", "-w", "2", "--graceful-timeout", "10"]
     errors = (tmp_path / "gunicorn.err").open("w")
     process = subprocess.Popen(
         [*command, "-b", f"127.0.0.1:{port}", "preloaded_app:app"],
