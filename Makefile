@@ -18,8 +18,8 @@ demo: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check flask_gateway_obs tests example_app benchmarks
-	$(BIN)/ruff format --check flask_gateway_obs tests example_app benchmarks
+	$(BIN)/ruff check flask_gateway_obs tests example_app benchmarks scripts
+	$(BIN)/ruff format --check flask_gateway_obs tests example_app benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
