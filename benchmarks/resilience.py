@@ -4,8 +4,11 @@ Compared in one process and interleaved (every round times each variant once, in
 a fresh random order; the figure is the median over rounds): the bare function,
 pybreaker and tenacity used directly, and the extension's wrappers with metrics
 off (the same work as the libraries plus ours) and on (plus a histogram
-observation or a counter increment per call). Then the reason the breaker is not
-pybreaker's own ``call``: 8 threads each making a 200 ms call through one breaker.
+observation or a counter increment per call), and a breaker with a ``timeout`` (each
+call handed to a worker thread). Then the reason the breaker is not pybreaker's own
+``call``: 8 and 20 threads each making a 200 ms call through one breaker, without and
+with a ``timeout`` (every call must get its own worker at once, or it waits and times
+out).
 
     python -m benchmarks.resilience            # full run
     python -m benchmarks.resilience --quick    # a few seconds, indicative only
@@ -89,6 +92,7 @@ def variants() -> dict[str, dict[str, Variant]]:
         app, obs = build(metrics)
         with app.app_context():
             ours = obs.circuit_breaker("bench", fail_max=5, reset_timeout=30)
+            timed = obs.circuit_breaker("bench_timed", fail_max=5, reset_timeout=30, timeout=5)
             policy = obs.retry("bench")
         # Decorators look the app up per call: timed inside the app's context, as in a view.
         closed, retried, both = (
@@ -97,6 +101,10 @@ def variants() -> dict[str, dict[str, Variant]]:
             out["retry around breaker"],
         )
         closed[f"ours `cb.call(fn)`, {suffix}"] = (lambda cb=ours: cb.call(upstream), app)
+        closed[f"ours `cb.call(fn)` with timeout (worker thread), {suffix}"] = (
+            lambda cb=timed: cb.call(upstream),
+            app,
+        )
         closed[f"ours `@cb`, {suffix}"] = (ours(upstream), app)
         closed[f"ours `@breaker(name)`, {suffix}"] = (breaker("bench")(upstream), app)
         retried[f"ours `policy.call(fn)`, {suffix}"] = (lambda p=policy: p.call(upstream), app)
@@ -127,19 +135,31 @@ def measure(groups: dict[str, dict[str, Variant]], rounds: int, number: int) -> 
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def parallel(runner: Callable[[Callable[[], None]], Any], threads: int, seconds: float) -> float:
-    """Wall time of ``threads`` threads each making one call of ``seconds``."""
+def parallel(
+    runner: Callable[[Callable[[], None]], Any], threads: int, seconds: float
+) -> tuple[float, int]:
+    """Wall time of ``threads`` threads each making one call of ``seconds`` (started
+    together), and how many of the calls failed."""
+    start = threading.Barrier(threads)
+    failed: list[BaseException] = []
 
     def slow() -> None:
         time.sleep(seconds)
 
-    workers = [threading.Thread(target=runner, args=(slow,)) for _ in range(threads)]
+    def caller() -> None:
+        start.wait()
+        try:
+            runner(slow)
+        except Exception as exc:
+            failed.append(exc)
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
     started = time.perf_counter()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, len(failed)
 
 
 def main() -> None:
@@ -174,16 +194,23 @@ def main() -> None:
             print(f"| {label} | {value:.2f} | {value - bare:.2f} | {value / lib:.2f} |")
 
     ours_app, ours_obs = build(False)
-    with ours_app.app_context():
-        ours = ours_obs.circuit_breaker("parallel", fail_max=5)
-    raw = pybreaker.CircuitBreaker(fail_max=5)
-    ours_wall = parallel(ours.call, 8, 0.2)
-    raw_wall = parallel(raw.call, 8, 0.2)
-    print("\n### 8 threads x one 200 ms call through one breaker\n")
-    print("| breaker | wall time (s) |")
-    print("|---|---:|")
-    print(f"| ours | {ours_wall:.3f} |")
-    print(f"| pybreaker `cb.call` (holds its lock around the call) | {raw_wall:.3f} |")
+    print("\n### N threads x one 200 ms call through one breaker, started together\n")
+    print("| breaker | threads | wall time (s) | failed calls |")
+    print("|---|---:|---:|---:|")
+    for threads in (8, 20):
+        with ours_app.app_context():
+            ours = ours_obs.circuit_breaker(f"parallel_{threads}", fail_max=100)
+            timed = ours_obs.circuit_breaker(f"timed_{threads}", fail_max=100, timeout=0.3)
+        timed.call(upstream)  # one idle worker already there, as in a running app
+        raw = pybreaker.CircuitBreaker(fail_max=100)
+        rows = [
+            ("ours", ours.call),
+            ("ours, `timeout=0.3` (a worker thread per call)", timed.call),
+            ("pybreaker `cb.call` (holds its lock around the call)", raw.call),
+        ]
+        for label, runner in rows:
+            wall, failed = parallel(runner, threads, 0.2)
+            print(f"| {label} | {threads} | {wall:.3f} | {failed} |")
 
 
 if __name__ == "__main__":

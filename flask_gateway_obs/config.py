@@ -999,7 +999,8 @@ class Settings:
         _optional(_text),
         "a non-empty string",
         "key prefix of shared breaker state; default ``gateway_obs:<service name>``, so "
-        "the workers of one service share it and other services do not",
+        "the workers of one service share it and other services do not (set it or "
+        "``GATEWAY_OBS_SERVICE_NAME``: the import name is often just ``app``)",
     )
     breaker_redis_timeout: float = _setting(
         "BREAKER_REDIS_TIMEOUT",
@@ -1064,8 +1065,8 @@ class Settings:
         10.0,
         _optional(_positive_float),
         "a number of seconds > 0, or empty for none",
-        "time from the first attempt after which no retry starts; a sleep that would cross "
-        "it is not taken",
+        "seconds from the first attempt: no retry starts unless its sleep and an attempt as "
+        "long as the previous one still end by then; caps a breaker ``timeout`` inside",
     )
     retry_respect_retry_after: bool = _setting(
         "RETRY_RESPECT_RETRY_AFTER",

@@ -4,6 +4,7 @@ fallbacks, timeouts, config, Redis-shared state and its fallback, logs, metrics,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -27,6 +28,7 @@ from flask_gateway_obs import (
 )
 from flask_gateway_obs import resilience as resilience_module
 from flask_gateway_obs.config import Keys
+from flask_gateway_obs.resilience import breaker as breaker_module
 from flask_gateway_obs.resilience.breaker import CallTimeoutError, CircuitBreaker
 from flask_gateway_obs.testing import capture_logs, metric_value
 
@@ -226,6 +228,22 @@ def test_werkzeug_4xx_and_custom_exclusions_never_count(app: Flask, clock: Clock
     assert cb.state == "closed"
 
 
+def test_excluded_exception_class_with_a_metaclass_excludes_only_itself(
+    app: Flask, clock: Clock
+) -> None:
+    """An exception class with a metaclass (abc.ABCMeta) excludes its errors, not all."""
+    import abc
+
+    class Declined(Exception, metaclass=abc.ABCMeta):
+        """A business error whose class has a metaclass."""
+
+    cb = make_breaker(app, fail_max=1, clock=clock, exclude=[Declined])
+    fail(cb, Dependency(Declined("no")), 2)
+    assert cb.state == "closed"
+    raised = fail(cb, Dependency(), 1)
+    assert isinstance(raised[0], CircuitOpenError)
+
+
 def test_non_operational_4xx_app_error_counts(app: Flask, clock: Clock) -> None:
     """A 4xx AppError marked as a bug (is_operational=False) is a failure like any other."""
     cb = make_breaker(app, fail_max=1, clock=clock)
@@ -251,6 +269,58 @@ def test_outcome_of_a_call_that_outlived_its_state_is_ignored(app: Flask, clock:
     release.set()
     thread.join(5)
     assert cb.state == "open"
+
+
+class Veto(pybreaker.CircuitBreakerListener):
+    """A user listener whose ``before_call`` raises once armed."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def before_call(self, cb: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise RuntimeError("listener bug")
+
+
+def test_a_listener_raising_before_a_trial_call_does_not_wedge_half_open(
+    app: Flask, clock: Clock
+) -> None:
+    """A before_call listener that raises gives the trial slot back: the next trial runs."""
+    veto = Veto()
+    cb = make_breaker(app, fail_max=1, reset_timeout=10, clock=clock, listeners=[veto])
+    fail(cb, Dependency(), 1)
+    clock.advance(10)
+    veto.armed = True
+    dep = Dependency()
+    with pytest.raises(RuntimeError, match="listener bug"):
+        cb.call(dep)
+    assert dep.calls == 0
+    assert cb.call(dep) == "ok"
+    assert cb.state == "closed"
+
+
+def test_a_raising_exclude_predicate_neither_wedges_nor_hides_the_error(
+    app: Flask, clock: Clock
+) -> None:
+    """A broken exclude predicate counts the error as a failure and re-raises the original."""
+
+    def broken(error: BaseException) -> bool:
+        raise RuntimeError("predicate bug")
+
+    cb = make_breaker(app, fail_max=2, reset_timeout=10, clock=clock, exclude=[broken])
+    dep = Dependency()
+    raised = fail(cb, dep, 2)
+    assert raised[0] is dep.error
+    assert isinstance(raised[1], CircuitOpenError)
+    clock.advance(10)
+    raised = fail(cb, dep, 1)  # the half-open trial fails: open again, slot given back
+    assert isinstance(raised[0], CircuitOpenError)
+    assert raised[0].__cause__ is dep.error
+    clock.advance(10)
+    dep.failing = False
+    assert cb.call(dep) == "ok"
+    assert cb.state == "closed"
 
 
 # --- fallbacks, timeouts, other call forms ----------------------------------------------------
@@ -298,6 +368,25 @@ def test_timeout_fails_the_call_with_504_and_counts(app: Flask, clock: Clock) ->
     assert isinstance(caught.value, TimeoutError)
     assert cb.failure_count == 1
     assert cb.call(lambda: "fast") == "fast"
+
+
+def test_timeout_is_a_504_where_futures_have_their_own_timeout_class(
+    app: Flask, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on Python 3.10, where concurrent.futures.TimeoutError is not the builtin one."""
+    from concurrent.futures import _base
+
+    class FuturesTimeoutError(Exception):
+        """concurrent.futures.TimeoutError before Python 3.11."""
+
+    monkeypatch.setattr(_base, "TimeoutError", FuturesTimeoutError)
+    monkeypatch.setattr(concurrent.futures, "TimeoutError", FuturesTimeoutError)
+    cb = make_breaker(app, fail_max=2, timeout=0.05, clock=clock)
+    release = threading.Event()
+    with pytest.raises(CallTimeoutError):
+        cb.call(release.wait, 5)
+    release.set()
+    assert cb.failure_count == 1
 
 
 def test_timeout_keeps_the_functions_own_timeout_error(app: Flask, clock: Clock) -> None:
@@ -406,6 +495,92 @@ def test_calls_through_one_breaker_run_in_parallel(app: Flask) -> None:
     assert errors == []
     assert results == ["ok"] * 8
     assert elapsed < 8 * 0.2  # one at a time would take 1.6 s; the benchmark measures it
+
+
+@pytest.mark.parametrize("callers", [8, 20])
+def test_simultaneous_timed_calls_each_get_a_worker_at_once(app: Flask, callers: int) -> None:
+    """With ``timeout`` set, simultaneous calls (one idle worker already there, or more
+    callers than a fixed pool would have) all run together: none waits behind another."""
+    cb = make_breaker(app, fail_max=100, timeout=30)
+    assert cb.call(lambda: "warm") == "warm"  # leaves one idle worker behind
+    start = threading.Barrier(callers, timeout=10)
+    together = threading.Barrier(callers, timeout=5)
+
+    def upstream() -> str:
+        together.wait()  # breaks unless every call runs in a worker at the same time
+        return "ok"
+
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        start.wait()
+        try:
+            results.append(cb.call(upstream))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    assert results == ["ok"] * callers
+    assert cb.failure_count == 0
+
+
+def test_calls_are_refused_while_too_many_timed_out_calls_still_hang(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_HUNG_CALLS abandoned calls a new call fails fast (503, counted, not started);
+    once the hung calls return, calls go through again."""
+    monkeypatch.setattr(breaker_module, "MAX_HUNG_CALLS", 2)
+    cb = make_breaker(app, fail_max=100, timeout=0.05)
+    release = threading.Event()
+    timed_out = 0
+    # A call given up on before its worker picked it up is cancelled, not hung: go on
+    # until two are hung, however late the workers get scheduled.
+    while cb.hung_calls < 2 and timed_out < 50:
+        with pytest.raises(CallTimeoutError):
+            cb.call(release.wait, 5)
+        timed_out += 1
+    assert cb.hung_calls == 2
+    dep = Dependency()
+    with pytest.raises(breaker_module.HungCallsError) as caught:
+        cb.call(dep)
+    assert dep.calls == 0
+    assert caught.value.status_code == 503
+    assert cb.failure_count == timed_out + 1
+    count = metric_value(
+        app, "dependency_latency_seconds_count", dependency="payments", operation="call"
+    )
+    assert count == timed_out  # the refused call never reached the dependency
+    release.set()
+    for _ in range(500):
+        if cb.hung_calls == 0:
+            break
+        time.sleep(0.01)
+    assert cb.call(dep) == "ok"
+
+
+def _worker_threads(breaker_name: str) -> int:
+    return sum(t.name.startswith(f"breaker-{breaker_name}-") for t in threading.enumerate())
+
+
+def test_idle_timeout_workers_exit_and_later_calls_still_run(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers left idle for WORKER_IDLE_SECONDS exit; the next call starts a fresh one."""
+    monkeypatch.setattr(breaker_module, "WORKER_IDLE_SECONDS", 0.02)
+    cb = make_breaker(app, "idle", timeout=5)
+    assert cb.call(lambda: 1) == 1
+    for _ in range(500):
+        if _worker_threads("idle") == 0:
+            break
+        time.sleep(0.01)
+    assert _worker_threads("idle") == 0
+    assert [cb.call(lambda n=n: n) for n in range(3)] == [0, 1, 2]
 
 
 def test_raw_pybreaker_runs_calls_one_at_a_time() -> None:
@@ -649,6 +824,30 @@ def test_decode_responses_client_is_rejected(app: Flask) -> None:
     client.close()
 
 
+def test_redis_storage_in_code_without_any_url_names_the_keys_to_set(app: Flask) -> None:
+    """storage="redis" given in code with no Redis URL at all: a ValueError saying what to set."""
+    with pytest.raises(ValueError, match="GATEWAY_OBS_REDIS_URL"):
+        make_breaker(app, "x", storage="redis")
+
+
+def test_redis_storage_without_service_name_or_namespace_warns_at_init(
+    make_app: MakeApp,
+) -> None:
+    """The default namespace comes from the import name: a warning says how to set it."""
+    config = {Keys.BREAKER_STORAGE: "redis", Keys.REDIS_URL: "redis://127.0.0.1:6379/15"}
+    with capture_logs(BREAKER_LOGGER) as logs:
+        make_app(config)
+    warnings = logs.find(level="warning", namespace="gateway_obs:testapp")
+    assert len(warnings) == 1
+    assert "GATEWAY_OBS_SERVICE_NAME" in warnings[0]["message"]
+    assert "GATEWAY_OBS_BREAKER_REDIS_NAMESPACE" in warnings[0]["message"]
+    with capture_logs(BREAKER_LOGGER) as quiet:
+        make_app({**config, Keys.SERVICE_NAME: "orders"})
+        make_app({**config, Keys.BREAKER_REDIS_NAMESPACE: "orders"})
+        make_app({Keys.REDIS_URL: config[Keys.REDIS_URL]})
+    assert quiet.find(level="warning") == []
+
+
 # --- shared state in Redis ------------------------------------------------------------------------
 
 
@@ -700,6 +899,34 @@ def test_other_services_do_not_share_state(make_app: MakeApp, redis_url: str) ->
     second = redis_app(make_app, redis_url, namespace + "-other")
     fail(make_breaker(first, fail_max=1), Dependency(), 1)
     assert make_breaker(second, fail_max=1).state == "closed"
+
+
+@pytest.mark.redis
+def test_redis_storage_asked_in_code_uses_the_shared_redis_url(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    """GATEWAY_OBS_REDIS_URL set, storage "memory" by default: storage="redis" in code shares
+    that breaker through Redis (client made on first use), warning once if unnamed."""
+    namespace = f"test:{uuid.uuid4().hex}"
+    app = make_app({Keys.REDIS_URL: redis_url, Keys.BREAKER_REDIS_NAMESPACE: namespace})
+    cb = make_breaker(app, "shared", storage="redis", fail_max=1)
+    assert make_breaker(app, "local").underlying._state_storage.name == "memory"
+    fail(cb, Dependency(), 1)
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.get(f"{namespace}:shared:pybreaker:state") == b"open"
+        unnamed = make_app({Keys.REDIS_URL: redis_url})
+        with capture_logs(BREAKER_LOGGER) as logs:
+            make_breaker(unnamed, "shared", storage="redis")
+            make_breaker(unnamed, "other", storage="redis")
+        assert len(logs.find(level="warning", namespace="gateway_obs:testapp")) == 1
+    finally:
+        keys = client.keys(f"{namespace}:*") + client.keys("gateway_obs:testapp:*")
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 @pytest.mark.redis
@@ -809,11 +1036,13 @@ def test_call_timeout_through_a_route_is_a_504_problem(app: Flask) -> None:
     assert response.get_json()["code"] == "upstream_timeout"
 
 
-def test_example_gateway_quotes_route_opens_and_closes_its_breaker() -> None:
+def test_example_gateway_quotes_route_opens_and_closes_its_breaker(clock: Clock) -> None:
     """The example's flaky upstream: retries, then 503 with Retry-After, then closed again."""
     from example_app import create_app
 
     app = create_app({"TESTING": True})
+    # Created first with a clock of the test's; the route's resilient() finds this one.
+    quotes = app.extensions["gateway_obs"].resilience.breakers.get("quotes", clock=clock)
     client = app.test_client()
     assert client.get("/quotes/ACME").get_json() == {"symbol": "ACME", "price": 42.0}
     with capture_logs() as logs:
@@ -825,7 +1054,6 @@ def test_example_gateway_quotes_route_opens_and_closes_its_breaker() -> None:
     assert third.headers["Retry-After"] == "10"
     assert logs.find(logger="flask_gateway_obs.retry", operation="quotes")
     assert logs.find(breaker="quotes", to_state="open")
-    breaker_ = app.extensions["gateway_obs"].resilience.breakers.get("quotes")
-    breaker_.half_open()
+    clock.advance(10)
     assert client.get("/quotes/ACME").status_code == 200
-    assert breaker_.state == "closed"
+    assert quotes.state == "closed"

@@ -4,7 +4,9 @@ retried, Retry-After, the original error re-raised, logs, metrics and retry arou
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from flask_gateway_obs import (
 )
 from flask_gateway_obs import resilience as resilience_module
 from flask_gateway_obs.config import Keys
+from flask_gateway_obs.resilience.breaker import CallTimeoutError
 from flask_gateway_obs.resilience.retry import RetryPolicy, is_transient, retry_after_of
 from flask_gateway_obs.testing import capture_logs, metric_value
 
@@ -81,15 +84,21 @@ def _fresh_process_defaults() -> Iterator[None]:
 
 
 @pytest.fixture
-def obs(make_app: MakeApp) -> GatewayObs:
+def bare_app(make_app: MakeApp) -> Flask:
+    # The extension holds its apps weakly: this fixture keeps the app alive.
+    return make_app(init=False)
+
+
+@pytest.fixture
+def obs(bare_app: Flask) -> GatewayObs:
     extension = GatewayObs()
-    extension.init_app(make_app(init=False))
+    extension.init_app(bare_app)
     return extension
 
 
 @pytest.fixture
-def app(obs: GatewayObs) -> Flask:
-    return obs.state().app
+def app(obs: GatewayObs, bare_app: Flask) -> Flask:
+    return bare_app
 
 
 @pytest.fixture
@@ -178,9 +187,10 @@ def test_equal_jitter_keeps_at_least_half_the_backoff(app: Flask) -> None:
     assert len(set(runs)) > 1
 
 
-@pytest.mark.parametrize("attempt_cost", [0.0, 0.15, 0.7])
-def test_the_deadline_is_never_crossed_by_a_sleep(app: Flask, attempt_cost: float) -> None:
-    """No retry sleeps past the deadline: the total stays within it, whatever attempts cost."""
+@pytest.mark.parametrize("attempt_cost", [0.0, 0.15, 0.5, 0.7])
+def test_the_deadline_is_never_crossed(app: Flask, attempt_cost: float) -> None:
+    """Neither a sleep nor an attempt ends past the deadline when attempts cost the same:
+    no attempt starts unless the previous one's duration still fits."""
     fake = Time(attempt_cost)
     flaky = Flaky(*always(ConnectionError), time=fake)
     started = fake.now
@@ -193,11 +203,66 @@ def test_the_deadline_is_never_crossed_by_a_sleep(app: Flask, attempt_cost: floa
         jitter="none",
         deadline=2.0,
     )
+    with capture_logs(RETRY_LOGGER) as logs, pytest.raises(ConnectionError):
+        retrying.call(flaky)
+    assert fake.now - started <= 2.0 + 1e-9
+    assert flaky.calls > 1
+    assert logs.find(reason="deadline")
+
+
+def test_an_attempt_that_would_not_fit_before_the_deadline_is_not_started(app: Flask) -> None:
+    """1.2 s spent, 0.4 s of sleep, 0.5 s per attempt: 2.1 s > 2 s, so no third attempt."""
+    fake = Time(0.5)
+    flaky = Flaky(*always(ConnectionError), time=fake)
+    retrying = policy(
+        app, fake, max_attempts=10, base_delay=0.2, max_delay=0.4, jitter="none", deadline=2.0
+    )
     with pytest.raises(ConnectionError):
         retrying.call(flaky)
-    # Every attempt started before the deadline; sleeps never ran into it.
-    assert fake.now - started - attempt_cost < 2.0
-    assert flaky.calls > 1
+    assert flaky.calls == 2
+    assert fake.sleeps == [0.2]
+
+
+def test_breaker_timeout_is_capped_to_what_is_left_of_the_deadline(
+    obs: GatewayObs, app: Flask
+) -> None:
+    """Retry around a breaker with a 5 s timeout: an attempt with 0.1 s of the deadline left
+    waits 0.1 s; that timeout is the caller's, so the breaker does not count it."""
+    fake = Time()
+    release = threading.Event()
+    attempts: list[str] = []
+
+    def upstream() -> str:
+        attempts.append("called")
+        if len(attempts) == 1:
+            fake.now += 0.05
+            raise ConnectionError("refused")  # then a 1.85 s sleep: 1.9 s of 2 s spent
+        release.wait(5)
+        return "late"
+
+    fetch = obs.resilient(
+        "capped",
+        retry={
+            "max_attempts": 2,
+            "deadline": 2.0,
+            "base_delay": 1.85,
+            "max_delay": 2.0,
+            "jitter": "none",
+            "sleep": fake.sleep,
+            "clock": fake.clock,
+        },
+        breaker={"timeout": 5, "fail_max": 10},
+    )(upstream)
+    with app.app_context():
+        with pytest.raises(CallTimeoutError) as caught:
+            fetch()
+        release.set()
+        cb = obs.circuit_breaker("capped")
+    assert caught.value.timeout == pytest.approx(0.1)
+    assert caught.value.by_deadline
+    assert len(attempts) == 2
+    assert fake.sleeps == [1.85]
+    assert cb.failure_count == 1  # the refusal counted; the capped timeout did not
 
 
 # --- what is retried ----------------------------------------------------------------------------
@@ -255,6 +320,68 @@ def test_optional_libraries_connection_errors_are_transient() -> None:
     assert is_transient(redis.exceptions.TimeoutError("slow"))
     assert is_transient(psycopg2.OperationalError("could not connect"))
     assert not is_transient(redis.exceptions.ResponseError("WRONGTYPE"))
+
+
+def test_async_breaker_timeout_is_capped_to_what_is_left_of_the_deadline(
+    obs: GatewayObs, app: Flask
+) -> None:
+    """The same for a coroutine: the capped wait cancels the attempt after 0.1 s."""
+    fake = Time()
+    cancelled: list[bool] = []
+
+    async def upstream() -> str:
+        if fake.sleeps == []:
+            fake.now += 0.05
+            raise ConnectionError("refused")
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return "late"
+
+    fetch = obs.resilient(
+        "capped_async",
+        retry={
+            "max_attempts": 2,
+            "deadline": 2.0,
+            "base_delay": 1.85,
+            "max_delay": 2.0,
+            "jitter": "none",
+            "sleep": fake.sleep,
+            "clock": fake.clock,
+        },
+        breaker={"timeout": 5, "fail_max": 10},
+    )(upstream)
+
+    async def scenario() -> None:
+        with pytest.raises(CallTimeoutError) as caught:
+            await fetch()
+        assert caught.value.timeout == pytest.approx(0.1)
+        await asyncio.sleep(0)
+
+    with app.app_context():
+        asyncio.run(scenario())
+        assert obs.circuit_breaker("capped_async").failure_count == 1
+    assert cancelled == [True]
+
+
+def test_asyncio_and_futures_timeouts_are_transient_on_every_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on Python 3.10, where asyncio's and concurrent.futures' TimeoutError are classes of
+    their own (not the builtin TimeoutError), both are still retried."""
+
+    class AsyncioTimeoutError(Exception):
+        """asyncio.TimeoutError before Python 3.11."""
+
+    class FuturesTimeoutError(Exception):
+        """concurrent.futures.TimeoutError before Python 3.11."""
+
+    monkeypatch.setattr(asyncio, "TimeoutError", AsyncioTimeoutError)
+    monkeypatch.setattr(concurrent.futures, "TimeoutError", FuturesTimeoutError)
+    assert is_transient(AsyncioTimeoutError())
+    assert is_transient(FuturesTimeoutError())
 
 
 def test_retry_on_and_retry_if_replace_the_default_choice(app: Flask, fake: Time) -> None:

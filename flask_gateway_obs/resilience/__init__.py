@@ -65,12 +65,21 @@ class Resilience:
     """
 
     def __init__(
-        self, settings: Settings, service: str, owner: Any, redis_client: Any = None
+        self,
+        settings: Settings,
+        service: str,
+        owner: Any,
+        redis_client: Any = None,
+        *,
+        redis_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.namespace = settings.breaker_redis_namespace or f"gateway_obs:{service}"
+        #: Whether the namespace is only the default (no service name, none configured).
+        self.default_namespace = not (settings.breaker_redis_namespace or settings.service_name)
         self._owner = owner
         self._redis_client = redis_client
+        self._redis_factory = redis_factory
         self._lock = threading.Lock()
         self._breakers: BreakerRegistry | None = None
         self._retries: RetryRegistry | None = None
@@ -84,7 +93,12 @@ class Resilience:
             with self._lock:
                 if self._breakers is None:
                     self._breakers = BreakerRegistry(
-                        self.settings, self.namespace, self._owner, self._redis_client
+                        self.settings,
+                        self.namespace,
+                        self._owner,
+                        self._redis_client,
+                        redis_factory=self._redis_factory,
+                        default_namespace=self.default_namespace,
                     )
         return self._breakers
 
@@ -134,6 +148,15 @@ def _redis_client(settings: Settings) -> Any:
     """
     if not _uses_redis(settings):
         return None
+    return _connect_redis(settings)
+
+
+def _connect_redis(settings: Settings) -> Any:
+    """A Redis client (no connection yet) for the breakers' URL.
+
+    :raises ConfigError: without a URL, without the redis package, or when the URL asks
+        for ``decode_responses``.
+    """
     found = _breaker_redis_url(settings)
     if found is None:
         raise ConfigError(
@@ -194,11 +217,27 @@ def _redis_client(settings: Settings) -> Any:
 def init_app(app: Flask, state: ObsState) -> None:
     """Give ``app`` its breakers and retry policies (no connection is made here).
 
+    With a Redis URL but memory storage configured, the client is made when a breaker
+    asks for ``storage="redis"`` in code. Shared state under the default namespace
+    (no service name, no namespace) is warned about here, or at that first breaker.
+
     :raises ConfigError: for Redis breaker storage without a usable URL.
     """
-    state.resilience = Resilience(
-        state.settings, state.service, state, _redis_client(state.settings)
-    )
+    settings = state.settings
+    client = _redis_client(settings)
+    factory = None
+    if client is None and _breaker_redis_url(settings) is not None:
+        factory = functools.partial(_connect_redis, settings)
+    resilience = Resilience(settings, state.service, state, client, redis_factory=factory)
+    state.resilience = resilience
+    if settings.breaker_timeout is not None or any(
+        o.get("timeout") is not None for o in (settings.breakers or {}).values()
+    ):
+        from .breaker import expect_timeouts
+
+        expect_timeouts()  # retries publish their deadline from the first call on
+    if client is not None and resilience.default_namespace:
+        resilience.breakers.warn_if_default_namespace()
 
 
 _default: Resilience | None = None
@@ -325,6 +364,10 @@ def resilient(
         if breaker_spec is not None:
             breaker_name = breaker_spec[0] or name
             breaker_options = breaker_spec[1]
+            if breaker_options.get("timeout") is not None:
+                from .breaker import expect_timeouts
+
+                expect_timeouts()
 
             wrapped = decorate_breaker(
                 resolver(lambda r: r.breakers.get(breaker_name, **breaker_options), obs),

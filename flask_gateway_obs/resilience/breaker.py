@@ -9,7 +9,8 @@ record its outcome; the function itself runs outside it:
 1. under the lock: read the state (syncing with the storage), turn open into
    half-open once ``reset_timeout`` has passed, and admit at most
    ``half_open_max_calls`` trial calls while half-open;
-2. without the lock: call the function (in a worker thread when ``timeout`` is set);
+2. without the lock: call the function (in a worker thread when ``timeout`` is set,
+   for at most what is left of an enclosing retry's deadline);
 3. under the lock: hand the outcome to the same pybreaker state object that
    admitted the call (``_handle_success`` / ``_handle_error``), which counts it and
    makes the transitions. An outcome that arrives after the state has changed
@@ -34,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
@@ -43,7 +44,7 @@ import pybreaker
 from werkzeug.exceptions import HTTPException
 
 from ..config import BREAKER_OPTIONS, Settings, parse_options
-from ..errors import AppError, CircuitOpenError
+from ..errors import AppError, CircuitOpenError, ServiceUnavailableError
 from ..logs import LOGGER_NAME
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ __all__ = [
     "BreakerSettings",
     "CallTimeoutError",
     "CircuitBreaker",
+    "HungCallsError",
     "breaker",
     "client_error",
 ]
@@ -66,13 +68,33 @@ F = TypeVar("F", bound=Callable[..., Any])
 STATE_CODES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_OPEN: 1, pybreaker.STATE_HALF_OPEN: 2}
 #: Retry-After of a call refused because every half-open trial slot is taken.
 _TRIALS_BUSY_RETRY_AFTER = 1.0
-#: Worker threads per breaker that run calls with a timeout.
-TIMEOUT_WORKERS = 16
+#: Calls of one breaker that timed out but still run in their worker thread (Python cannot
+#: stop them); with this many, new calls are refused with :class:`HungCallsError`.
+MAX_HUNG_CALLS = 16
+#: Seconds an idle worker thread of a breaker with ``timeout`` waits for a call, then exits.
+WORKER_IDLE_SECONDS = 60.0
 
 _log = logging.getLogger(LOGGER_NAME + ".breaker")
 
 Exclusion = type[BaseException] | Callable[[BaseException], bool]
 Clock = Callable[[], float]
+
+#: The deadlines of the retries around the current call: ``(clock, moment)`` pairs, the
+#: moment on that retry policy's clock. A breaker with ``timeout`` waits no longer than
+#: the nearest of them (set by :mod:`.retry` for the duration of a call).
+DEADLINES: ContextVar[tuple[tuple[Clock, float], ...]] = ContextVar(
+    "gateway_obs_retry_deadlines", default=()
+)
+#: Whether a breaker with a ``timeout`` exists or is configured in this process: only
+#: then do retries publish their deadline in :data:`DEADLINES` (it costs a fraction of a
+#: microsecond per call, for nothing when no breaker can use it). Never turns off.
+timed_breakers = False
+
+
+def expect_timeouts() -> None:
+    """Note that a breaker with a ``timeout`` exists or will be created (on first use)."""
+    global timed_breakers
+    timed_breakers = True
 
 
 class _HasRecorder(Protocol):
@@ -85,15 +107,43 @@ class CallTimeoutError(AppError, TimeoutError):
 
     The caller stops waiting; the function itself keeps running in its worker
     thread until it returns on its own (Python cannot stop a thread).
+
+    ``by_deadline`` is true when the wait was cut shorter than the breaker's own
+    ``timeout`` to fit the deadline of a retry around it; such a timeout is the
+    caller's, and does not count against the dependency.
     """
 
     status_code = 504
     default_code = "upstream_timeout"
 
-    def __init__(self, breaker: str, timeout: float) -> None:
-        super().__init__(f"The upstream '{breaker}' did not answer within {timeout:g} s.")
+    def __init__(self, breaker: str, timeout: float, *, by_deadline: bool = False) -> None:
+        why = " (what was left of the retry deadline)" if by_deadline else ""
+        super().__init__(
+            f"The upstream '{breaker}' did not answer within {max(0.0, timeout):.3g} s{why}."
+        )
         self.breaker = breaker
         self.timeout = timeout
+        self.by_deadline = by_deadline
+
+
+class HungCallsError(ServiceUnavailableError):
+    """503: not started, because ``MAX_HUNG_CALLS`` earlier calls through this breaker
+    timed out and still have not returned.
+
+    Each such call holds a thread; refusing more bounds the threads a hung dependency
+    can take. The refusal counts as a failure of the dependency (it is holding those
+    calls), so the breaker opens rather than piling up threads.
+    """
+
+    default_code = "upstream_hung"
+
+    def __init__(self, breaker: str, hung: int) -> None:
+        super().__init__(
+            f"The upstream '{breaker}' has {hung} calls still running past their timeout; "
+            "not starting another."
+        )
+        self.breaker = breaker
+        self.hung = hung
 
 
 # --- classifying errors ------------------------------------------------------------------
@@ -106,8 +156,10 @@ def status_of(error: BaseException) -> int | None:
         return error.status_code
     if isinstance(error, HTTPException):
         return error.code
-    response = getattr(error, "response", None)
-    status = getattr(response, "status_code", None)
+    try:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+    except Exception:  # a property of a foreign exception that raises: no status
+        return None
     return status if isinstance(status, int) else None
 
 
@@ -399,66 +451,145 @@ def check_redis_client(client: Any) -> None:
 
 # --- running a call with a timeout ------------------------------------------------------------
 
-_Task = tuple[
-    "Future[Any]", contextvars.Context, Callable[..., Any], tuple[Any, ...], dict[str, Any]
-]
+# What became of a call handed to a worker thread.
+_QUEUED, _RUNNING, _DONE, _CANCELLED, _ABANDONED = range(5)
+
+
+class _Task:
+    """One call for a worker thread, in the caller's context (request ID, app, request)."""
+
+    __slots__ = ("args", "context", "done", "error", "fn", "kwargs", "result", "state")
+
+    def __init__(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.context = contextvars.copy_context()
+        self.done = threading.Event()
+        self.state = _QUEUED
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> Any:
+        """The function's result, or its exception raised here."""
+        error = self.error
+        if error is None:
+            return self.result
+        self.error = None
+        try:
+            raise error
+        finally:
+            del error
 
 
 class _TimeoutRunner:
     """Runs calls on daemon threads so that the caller can stop waiting.
 
+    Every call starts at once: a call is handed either to an idle worker, reserved for
+    it under the lock (so simultaneous calls never queue behind one idle worker), or to
+    a new thread. So the threads busy with calls whose callers still wait are at most
+    the callers themselves. Calls whose callers gave up (timed out) but that still run
+    are capped at ``MAX_HUNG_CALLS``: past it, new calls are refused with
+    :class:`HungCallsError` instead of starting yet another thread. Idle workers exit
+    after ``WORKER_IDLE_SECONDS``.
+
     Daemon threads, not a ``ThreadPoolExecutor``: its threads are joined at exit,
     so one hung call would keep a worker process from ever exiting.
     """
 
-    def __init__(self, name: str, max_workers: int = TIMEOUT_WORKERS) -> None:
+    def __init__(self, name: str) -> None:
         self._name = name
-        self._max = max_workers
+        self._max_hung = MAX_HUNG_CALLS
+        self._idle_seconds = WORKER_IDLE_SECONDS
         self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
-        self._idle = 0
+        self._started = 0
+        self._idle = 0  # idle workers not yet promised to a queued task
+        self._hung = 0
 
-    def run(self, breaker: str, timeout: float, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        future: Future[Any] = Future()
-        # The caller's context (request ID, Flask's app and request) goes along.
-        self._tasks.put((future, contextvars.copy_context(), fn, args, kwargs))
-        self._ensure_worker()
-        try:
-            return cast(T, future.result(timeout))
-        except TimeoutError:
-            if future.done() and not future.cancelled():
-                raise  # the function's own TimeoutError
-            future.cancel()  # never starts if it is still queued
-            raise CallTimeoutError(breaker, timeout) from None
+    @property
+    def hung(self) -> int:
+        """Calls that timed out and are still running."""
+        return self._hung
 
-    def _ensure_worker(self) -> None:
+    def submit(self, breaker: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> _Task:
+        """Start ``fn`` in a worker now.
+
+        :raises HungCallsError: while ``MAX_HUNG_CALLS`` timed-out calls still run.
+        """
+        task = _Task(fn, args, kwargs)
         with self._lock:
-            if self._idle > 0 or self._threads >= self._max:
-                return
-            self._threads += 1
-            self._idle += 1
-        threading.Thread(
-            target=self._work, name=f"breaker-{self._name}-{self._threads}", daemon=True
-        ).start()
+            if self._hung >= self._max_hung:
+                raise HungCallsError(breaker, self._hung)
+            spawn = self._idle == 0
+            if spawn:
+                self._threads += 1
+                self._started += 1
+                number = self._started
+            else:
+                self._idle -= 1
+        if spawn:
+            try:
+                threading.Thread(
+                    target=self._work, name=f"breaker-{self._name}-{number}", daemon=True
+                ).start()
+            except BaseException:
+                with self._lock:
+                    self._threads -= 1
+                raise
+        self._tasks.put(task)
+        return task
+
+    def wait(self, task: _Task, timeout: float) -> bool:
+        """Whether ``task`` finished within ``timeout``; if not, it is given up on."""
+        if task.done.wait(timeout):
+            return True
+        with self._lock:
+            if task.state == _QUEUED:
+                task.state = _CANCELLED  # its worker skips it
+            elif task.state == _RUNNING:
+                task.state = _ABANDONED
+                self._hung += 1
+            else:
+                return True  # finished just now
+        return False
 
     def _work(self) -> None:
+        tasks, lock = self._tasks, self._lock
         while True:
-            future, ctx, fn, args, kwargs = self._tasks.get()
-            with self._lock:
-                self._idle -= 1
             try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = ctx.run(fn, *args, **kwargs)
-                    except BaseException as exc:
-                        future.set_exception(exc)
-                    else:
-                        future.set_result(result)
-            finally:
-                with self._lock:
-                    self._idle += 1
-                del future, ctx, fn, args, kwargs
+                task = tasks.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with lock:
+                    # Exit only if no queued task is promised to the idle workers.
+                    if self._idle > 0:
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                continue
+            with lock:
+                run = task.state == _QUEUED
+                if run:
+                    task.state = _RUNNING
+            if run:
+                try:
+                    task.result = task.context.run(task.fn, *task.args, **task.kwargs)
+                except BaseException as exc:
+                    task.error = exc
+            with lock:
+                if task.state == _ABANDONED:
+                    self._hung -= 1
+                    task.error = task.result = None  # nobody waits for it
+                if run:
+                    task.state = _DONE
+                self._idle += 1
+            task.done.set()
+            del task
+
+
+def _deadline_left(deadlines: tuple[tuple[Clock, float], ...]) -> float:
+    return min(moment - clock() for clock, moment in deadlines)
 
 
 # --- the breaker ---------------------------------------------------------------------------------
@@ -508,7 +639,7 @@ class CircuitBreaker:
             fail_max=settings.fail_max,
             reset_timeout=settings.reset_timeout,
             success_threshold=settings.success_threshold,
-            exclude=[client_error, *exclude],
+            exclude=[client_error, *(_contained(name, e) for e in exclude)],
             listeners=[_TransitionListener(self), *self._user_listeners],
             state_storage=storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED),
             name=name,
@@ -516,7 +647,10 @@ class CircuitBreaker:
         )
         self._lock = self._cb._lock
         self._trials = 0
-        self._runner = _TimeoutRunner(name) if settings.timeout is not None else None
+        self._runner: _TimeoutRunner | None = None
+        if settings.timeout is not None:
+            expect_timeouts()
+            self._runner = _TimeoutRunner(name)
         self._open_blocks: contextvars.ContextVar[tuple[_Token, ...]] = contextvars.ContextVar(
             f"breaker_{name}_blocks", default=()
         )
@@ -543,6 +677,11 @@ class CircuitBreaker:
         """Consecutive failures counted so far."""
         with self._lock:
             return int(self._cb.fail_counter)
+
+    @property
+    def hung_calls(self) -> int:
+        """Calls that timed out (``timeout``) and whose functions are still running."""
+        return 0 if self._runner is None else self._runner.hung
 
     @property
     def retry_after(self) -> float | None:
@@ -589,12 +728,29 @@ class CircuitBreaker:
                 if self._trials >= self.settings.half_open_max_calls:
                     raise CircuitOpenError(self.name, retry_after=_TRIALS_BUSY_RETRY_AFTER)
                 self._trials += 1
-            for listener in self._user_listeners:
-                listener.before_call(self._cb, _no_call)
+            if self._user_listeners:
+                try:
+                    for listener in self._user_listeners:
+                        listener.before_call(self._cb, _no_call)
+                except BaseException:
+                    if trial:  # the call will not happen: give its trial slot back
+                        self._trials -= 1
+                    raise
         return state, trial, time.perf_counter()
 
-    def _exit(self, token: _Token, error: BaseException | None) -> bool:
-        """Record the outcome of an admitted call; ``True`` if it opened the breaker."""
+    def _exit(
+        self,
+        token: _Token,
+        error: BaseException | None,
+        verdict: bool = True,
+        reached: bool = True,
+    ) -> bool:
+        """Record the outcome of an admitted call; ``True`` if it opened the breaker.
+
+        ``verdict=False``: the outcome says nothing about the dependency (the caller's
+        own deadline cut the wait short), so it is not counted. ``reached=False``: the
+        dependency was not called, so nothing is timed.
+        """
         admitted, trial, started = token
         seconds = time.perf_counter() - started
         tripped = False
@@ -607,7 +763,7 @@ class CircuitBreaker:
             if error is not None:
                 failed = self._cb.is_system_error(error)
             # An outcome from before a transition is stale: the state that admitted it is gone.
-            if self._cb.state is admitted:
+            if verdict and self._cb.state is admitted:
                 if error is None:
                     admitted._handle_success()
                 else:
@@ -619,10 +775,11 @@ class CircuitBreaker:
                         if raised is not error:
                             raise
                         tripped = True
-        try:  # noqa: SIM105 - cheaper than contextlib.suppress on every call
-            self._owner.recorder.dependency(self.name, "call", seconds, failed)
-        except Exception:  # instrumentation never breaks a call
-            pass
+        if reached:
+            try:  # noqa: SIM105 - cheaper than contextlib.suppress on every call
+                self._owner.recorder.dependency(self.name, "call", seconds, failed)
+            except Exception:  # instrumentation never breaks a call
+                pass
         return tripped
 
     def _opened(self, error: BaseException) -> CircuitOpenError:
@@ -634,41 +791,70 @@ class CircuitBreaker:
         """Call ``fn(*args, **kwargs)`` through the breaker.
 
         :raises CircuitOpenError: while open, or when this call's failure opened it.
-        :raises CallTimeoutError: when ``timeout`` is set and the call took longer.
+        :raises CallTimeoutError: when ``timeout`` is set and the call took longer (or
+            longer than what is left of the deadline of a retry around it).
+        :raises HungCallsError: when ``timeout`` is set and ``MAX_HUNG_CALLS`` calls
+            that timed out are still running.
         """
         token = self._enter()
+        verdict = reached = True
         try:
-            if self._runner is None:
+            runner = self._runner
+            if runner is None:
                 result = fn(*args, **kwargs)
             else:
-                result = self._runner.run(
-                    self.name, cast(float, self.settings.timeout), fn, args, kwargs
-                )
+                timeout, by_deadline = self._timeout()
+                if timeout <= 0:  # the retry's deadline has passed already
+                    verdict = reached = False
+                    raise CallTimeoutError(self.name, timeout, by_deadline=True)
+                reached = False
+                task = runner.submit(self.name, fn, args, kwargs)
+                reached = True
+                if not runner.wait(task, timeout):
+                    verdict = not by_deadline
+                    raise CallTimeoutError(self.name, timeout, by_deadline=by_deadline)
+                result = task.outcome()
         except BaseException as error:
-            if self._exit(token, error):
+            if self._exit(token, error, verdict, reached):
                 raise self._opened(error) from error
             raise
         self._exit(token, None)
         return result
 
+    def _timeout(self) -> tuple[float, bool]:
+        """The wait for this call, and whether a retry's deadline made it shorter."""
+        timeout = cast(float, self.settings.timeout)
+        deadlines = DEADLINES.get()
+        if deadlines:
+            left = _deadline_left(deadlines)
+            if left < timeout:
+                return left, True
+        return timeout, False
+
     async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker; a ``timeout`` cancels it."""
         token = self._enter()
+        verdict = reached = True
         try:
             if self.settings.timeout is None:
                 result = await fn(*args, **kwargs)
             else:
+                timeout, by_deadline = self._timeout()
+                if timeout <= 0:
+                    verdict = reached = False
+                    raise CallTimeoutError(self.name, timeout, by_deadline=True)
                 task = asyncio.ensure_future(fn(*args, **kwargs))
                 try:
-                    done, _ = await asyncio.wait({task}, timeout=self.settings.timeout)
+                    done, _ = await asyncio.wait({task}, timeout=timeout)
                 finally:
                     if not task.done():  # timed out, or the caller was cancelled
                         task.cancel()
                 if not done:
-                    raise CallTimeoutError(self.name, self.settings.timeout)
+                    verdict = not by_deadline
+                    raise CallTimeoutError(self.name, timeout, by_deadline=by_deadline)
                 result = task.result()
         except BaseException as error:
-            if self._exit(token, error):
+            if self._exit(token, error, verdict, reached):
                 raise self._opened(error) from error
             raise
         self._exit(token, None)
@@ -735,6 +921,38 @@ def _no_call() -> None:
     """What user listeners' ``before_call`` sees as the function (it runs later)."""
 
 
+def _contained(breaker: str, exclusion: Exclusion) -> Exclusion:
+    """``exclusion`` as pybreaker should see it: an exception class as a plain class, and
+    a predicate that cannot raise (a broken one counts the error, which is re-raised as
+    it is, instead of replacing it and leaving the breaker without a verdict)."""
+    if isinstance(exclusion, type):
+        if type(exclusion) is type:
+            return exclusion
+        # pybreaker tells classes from predicates by ``type(x) is type``: a class with a
+        # metaclass would be called as a predicate (and always "exclude").
+        cls = exclusion
+        return lambda error: isinstance(error, cls)
+    predicate = exclusion
+    warned = False
+
+    def safe(error: BaseException) -> bool:
+        nonlocal warned
+        try:
+            return bool(predicate(error))
+        except Exception:
+            if not warned:
+                warned = True
+                _log.warning(
+                    "exclude predicate of circuit breaker %s raised; counting the error",
+                    breaker,
+                    exc_info=True,
+                    extra={"breaker": breaker, "error_type": type(error).__name__},
+                )
+            return False
+
+    return safe
+
+
 def _constant(value: T) -> T:
     return value
 
@@ -786,6 +1004,11 @@ class BreakerRegistry:
     :param namespace: Redis key prefix of this app's shared breaker state.
     :param owner: whose ``recorder`` gets the metrics.
     :param redis_client: client for ``storage = redis`` (checked here).
+    :param redis_factory: makes that client when the first breaker with ``storage =
+        redis`` is created, if none was given (a Redis URL is set, but the configured
+        storage is memory).
+    :param default_namespace: whether ``namespace`` is only the default one (no service
+        name, no namespace configured): sharing state under it is warned about.
     """
 
     def __init__(
@@ -794,6 +1017,9 @@ class BreakerRegistry:
         namespace: str,
         owner: _HasRecorder,
         redis_client: Any = None,
+        *,
+        redis_factory: Callable[[], Any] | None = None,
+        default_namespace: bool = False,
     ) -> None:
         self.settings = settings
         self.namespace = namespace
@@ -803,8 +1029,29 @@ class BreakerRegistry:
         self._lock = threading.Lock()
         self.health = StorageHealth(settings.breaker_redis_retry_interval)
         self._redis: Any = None
+        self._redis_factory = redis_factory
+        self._warn_namespace = default_namespace
         if redis_client is not None:
             self.set_redis_client(redis_client)
+
+    def warn_if_default_namespace(self) -> None:
+        """Warn (once) that shared state lives under a namespace nobody chose.
+
+        The default ``gateway_obs:<service>`` falls back to the app's import name (often
+        ``app``), so two services using one Redis would share their breakers of the same
+        name: one opening "payments" would open the other's.
+        """
+        if not self._warn_namespace:
+            return
+        self._warn_namespace = False
+        _log.warning(
+            "circuit breakers share state in Redis under the default namespace %r, taken "
+            "from the app's import name: other services using this Redis with breakers of "
+            "the same names would share them. Set GATEWAY_OBS_SERVICE_NAME or "
+            "GATEWAY_OBS_BREAKER_REDIS_NAMESPACE.",
+            self.namespace,
+            extra={"namespace": self.namespace},
+        )
 
     def set_redis_client(self, client: Any) -> None:
         """Share the state of breakers created from now on through ``client``.
@@ -813,6 +1060,13 @@ class BreakerRegistry:
         """
         check_redis_client(client)
         self._redis = client
+        self._redis_factory = None
+
+    def _redis_client(self) -> Any:
+        """The client for shared state, made now from the URL if need be (under the lock)."""
+        if self._redis is None and self._redis_factory is not None:
+            self.set_redis_client(self._redis_factory())
+        return self._redis
 
     def names(self) -> list[str]:
         """Names of the breakers created so far."""
@@ -857,12 +1111,15 @@ class BreakerRegistry:
         )
         storage: pybreaker.CircuitBreakerStorage | None = None
         if settings.storage == "redis":
-            if self._redis is None:
+            client = self._redis_client()
+            if client is None:
                 raise ValueError(
                     f"circuit breaker {name!r} uses storage 'redis' but no Redis is set: "
-                    "set GATEWAY_OBS_BREAKER_REDIS_URL or GATEWAY_OBS_REDIS_URL"
+                    "set GATEWAY_OBS_BREAKER_REDIS_URL or GATEWAY_OBS_REDIS_URL, or call "
+                    "flask_gateway_obs.resilience.set_breaker_redis_client(app, client)"
                 )
-            storage = SharedStorage(self._redis, f"{self.namespace}:{name}", self.health, name)
+            self.warn_if_default_namespace()
+            storage = SharedStorage(client, f"{self.namespace}:{name}", self.health, name)
         return CircuitBreaker(
             name,
             settings,
@@ -900,6 +1157,9 @@ def breaker(
         ``half_open_max_calls``, ``timeout``, ``storage``, ``exclude``, ``clock``, ``listeners``.
     """
     from . import resolver
+
+    if options.get("timeout") is not None:
+        expect_timeouts()  # before the first call creates the breaker
 
     def decorate(fn: F) -> F:
         return _decorate(resolver(lambda r: r.breakers.get(name, **options)), fn, fallback)

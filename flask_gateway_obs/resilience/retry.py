@@ -5,8 +5,10 @@ callbacks) whether and how long to wait; this module adds what a gateway needs:
 
 - only transient errors are retried by default; 4xx answers, an open circuit
   breaker and programming errors are raised at once;
-- every policy is finite: ``max_attempts`` always, and a ``deadline`` past which
-  no sleep starts (a sleep that would cross it is not taken);
+- every policy is finite: ``max_attempts`` always, and a ``deadline``: no sleep
+  that would cross it, and no attempt unless the previous attempt's duration still
+  fits before it (an estimate); a breaker with ``timeout`` inside the retry waits
+  no longer than what is left of the deadline;
 - a ``Retry-After`` the upstream sent is honoured (never retried sooner);
 - after the last attempt the original exception is raised, not ``RetryError``;
 - each retry is logged at warning and counted in ``retry_attempts_total``.
@@ -28,6 +30,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import Token
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import tenacity
@@ -36,7 +39,8 @@ from tenacity import DoAttempt, DoSleep, RetryCallState
 from ..config import RETRY_OPTIONS, Settings, parse_options
 from ..errors import CircuitOpenError
 from ..logs import LOGGER_NAME
-from .breaker import status_of
+from . import breaker as _breaker
+from .breaker import DEADLINES, status_of
 
 if TYPE_CHECKING:
     from ..extension import Recorder
@@ -72,8 +76,12 @@ class _HasRecorder(Protocol):
 # --- which errors are transient -----------------------------------------------------------------
 
 #: (module, attribute path) of optional libraries' connection errors, used only when
-#: the library is already imported (an error of its type implies it is).
+#: the library is already imported (an error of its type implies it is). asyncio's and
+#: concurrent.futures' TimeoutError are the builtin one from Python 3.11 on, classes of
+#: their own before.
 _OPTIONAL_TRANSIENT = (
+    ("asyncio", "TimeoutError"),
+    ("concurrent.futures", "TimeoutError"),
     ("requests", "exceptions.ConnectionError"),
     ("requests", "exceptions.Timeout"),
     ("redis", "exceptions.ConnectionError"),
@@ -98,9 +106,10 @@ def _optional_transient_types() -> tuple[type[BaseException], ...]:
 def is_transient(error: BaseException) -> bool:
     """Whether ``error`` is worth retrying by default.
 
-    Yes: ``ConnectionError``, ``TimeoutError`` (``socket.timeout``), a 502/503/504
-    (``AppError``, werkzeug, or a carried ``response``), and the connection errors
-    of requests, redis, psycopg2 and httpx. Never: ``CircuitOpenError``, 4xx, anything else.
+    Yes: ``ConnectionError``, ``TimeoutError`` (``socket.timeout``, and asyncio's and
+    concurrent.futures' on Python 3.10), a 502/503/504 (``AppError``, werkzeug, or a
+    carried ``response``), and the connection errors of requests, redis, psycopg2 and
+    httpx. Never: ``CircuitOpenError``, 4xx, anything else.
     """
     if isinstance(error, CircuitOpenError):
         return False
@@ -208,6 +217,8 @@ class _Call(RetryCallState):
         super().__init__(retrying, fn, args, kwargs)
         self.operation = operation
         self.started = started
+        #: Seconds the last attempt took: the estimate of the next one's.
+        self.last_cost = 0.0
         self.stop_reason: str | None = None
 
 
@@ -309,8 +320,10 @@ class RetryPolicy:
             call.stop_reason = "retry_after"  # the upstream asks for a longer wait than allowed
         elif (
             settings.deadline is not None
-            and self._clock() - call.started + call.upcoming_sleep >= settings.deadline
+            and self._clock() - call.started + call.upcoming_sleep + call.last_cost
+            > settings.deadline
         ):
+            # The sleep, then an attempt as long as the last one, would end past it.
             call.stop_reason = "deadline"
         else:
             return False
@@ -371,6 +384,10 @@ class RetryPolicy:
     def run(self, operation: str, fn: Callable[..., T], args: Any, kwargs: Mapping[str, Any]) -> T:
         """Call ``fn`` with retries, labelled ``operation`` in logs and metrics."""
         started = self._clock()
+        token = None
+        deadline = self.settings.deadline
+        if deadline is not None and _breaker.timed_breakers:  # as _publish_deadline, inline
+            token = DEADLINES.set((*DEADLINES.get(), (self._clock, started + deadline)))
         try:
             result = fn(*args, **kwargs)
         except Exception as error:
@@ -381,8 +398,19 @@ class RetryPolicy:
                 self._count(operation, "exhausted")
                 raise
             return self._retry_after_failure(operation, started, error, fn, args, kwargs)
+        finally:
+            if token is not None:
+                DEADLINES.reset(token)
         self._count(operation, "success")
         return result
+
+    def _publish_deadline(self, started: float) -> Token[Any] | None:
+        """Let breakers with a ``timeout`` inside this call see its deadline, so that
+        they wait no longer than what is left of it."""
+        deadline = self.settings.deadline
+        if deadline is None or not _breaker.timed_breakers:
+            return None
+        return DEADLINES.set((*DEADLINES.get(), (self._clock, started + deadline)))
 
     def _first_failure(
         self, operation: str, started: float, error: BaseException, fn: Any, args: Any, kwargs: Any
@@ -390,6 +418,7 @@ class RetryPolicy:
         retrying = self._retrying
         retrying.begin()
         call = _Call(retrying, fn, args, kwargs, operation, started)
+        call.last_cost = self._clock() - started
         call.set_exception((type(error), error, error.__traceback__))
         return call
 
@@ -409,12 +438,14 @@ class RetryPolicy:
             while True:
                 do = retrying.iter(call)
                 if isinstance(do, DoAttempt):
+                    begun = self._clock()
                     try:
                         result = fn(*args, **kwargs)
                     except BaseException:
                         call.set_exception(sys.exc_info())  # type: ignore[arg-type]
                     else:
                         call.set_result(result)
+                    call.last_cost = self._clock() - begun
                 elif isinstance(do, DoSleep):
                     call.prepare_for_next_attempt()
                     retrying.sleep(do)
@@ -438,6 +469,21 @@ class RetryPolicy:
     ) -> T:
         """:meth:`run` for coroutine functions; sleeps with ``asyncio.sleep`` by default."""
         started = self._clock()
+        token = self._publish_deadline(started)
+        try:
+            return await self._run_async(operation, started, fn, args, kwargs)
+        finally:
+            if token is not None:
+                DEADLINES.reset(token)
+
+    async def _run_async(
+        self,
+        operation: str,
+        started: float,
+        fn: Callable[..., Awaitable[T]],
+        args: Any,
+        kwargs: Mapping[str, Any],
+    ) -> T:
         try:
             result = await fn(*args, **kwargs)
         except Exception as error:
@@ -457,12 +503,14 @@ class RetryPolicy:
             while True:
                 do = retrying.iter(call)
                 if isinstance(do, DoAttempt):
+                    begun = self._clock()
                     try:
                         result = await fn(*args, **kwargs)
                     except BaseException:
                         call.set_exception(sys.exc_info())  # type: ignore[arg-type]
                     else:
                         call.set_result(result)
+                    call.last_cost = self._clock() - begun
                 elif isinstance(do, DoSleep):
                     call.prepare_for_next_attempt()
                     if self._sleep is None:
