@@ -15,7 +15,9 @@ What the extension adds to Flask-Limiter, whose ``RATELIMIT_*`` keys keep their 
   with back-off instead of being tried on every request;
 - a breach is a problem+json 429 with ``Retry-After``, counted and logged;
 - the extension's own endpoints (health, metrics) are never limited;
-- the client is the socket address unless proxies are declared trusted.
+- the client is the socket address unless proxies are declared trusted;
+- speed: the limits of an endpoint are resolved once, not on every request, and
+  counted straight on the storage with Flask-Limiter's own keys (see :class:`GatewayLimiter`).
 """
 
 from __future__ import annotations
@@ -29,11 +31,24 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, has_app_context, request
-from flask_limiter import ExemptionScope, HeaderNames, Limiter, RateLimitExceeded
-from flask_limiter._compat import request_context
+from flask import Blueprint, Flask, Request, Response, current_app, has_app_context, request
+from flask.globals import _cv_request
+from flask_limiter import (
+    ApplicationLimit,
+    ExemptionScope,
+    HeaderNames,
+    Limit,
+    Limiter,
+    RateLimitExceeded,
+    RequestLimit,
+)
+from flask_limiter._extension import LimiterContext
+from flask_limiter._limits import RuntimeLimit
+from flask_limiter._manager import LimitManager
+from flask_limiter.util import get_qualified_name
 from limits import RateLimitItem, WindowStats
 from limits.errors import StorageError
+from limits.limits import safe_string
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import FixedWindowRateLimiter, RateLimiter
 
@@ -104,13 +119,13 @@ def client_address(trusted_proxies: int = 0) -> KeyFunc:
     if trusted_proxies == 0:
 
         def socket_address() -> str:
-            address: str = request.environ.get("REMOTE_ADDR") or "127.0.0.1"
+            address: str = _environ().get("REMOTE_ADDR") or "127.0.0.1"
             return address
 
         return socket_address
 
     def forwarded_address() -> str:
-        environ = request.environ
+        environ = _environ()
         forwarded: str | None = environ.get("HTTP_X_FORWARDED_FOR")
         if forwarded:
             # Split only the hops our proxies wrote; a client can make the rest arbitrarily long.
@@ -123,6 +138,14 @@ def client_address(trusted_proxies: int = 0) -> KeyFunc:
         return address
 
     return forwarded_address
+
+
+def _environ() -> dict[str, Any]:
+    # The request's environ without going through the ``request`` proxy (key functions
+    # run on every limited request).
+    ctx = _cv_request.get(None)
+    environ: dict[str, Any] = ctx.request.environ if ctx is not None else request.environ
+    return environ
 
 
 # --- storage failure -----------------------------------------------------------------------
@@ -163,6 +186,236 @@ class _Refusing(RateLimiter):
         raise StorageUnavailable
 
 
+# --- the fast path ---------------------------------------------------------------------------
+#
+# Flask-Limiter works out, on every request, which limits apply to it (limit manager,
+# exemption scopes, ordered sets, the limit strings parsed again), builds an object per
+# limit and reads each window back from the storage for the headers. For a given
+# endpoint and method the answer is the same every time as long as the limits are
+# static, so the limiter resolves it once into a plan (the limits in Flask-Limiter's
+# order, with their scopes and storage keys worked out) and per request only calls the
+# key functions and hits the storage. Anything that can change per request or that
+# runs user code (callable limits, exempt_when, deduct_when, callable costs or scopes,
+# meta limits, on_breach, custom request identifiers, Flask-Limiter's own fallback) keeps
+# Flask-Limiter's own path for the endpoint. The plans are dropped whenever a limit,
+# exemption or route is added.
+
+#: How a fast step counts: on the storage itself (fixed window, in memory or in Redis),
+#: or through the strategy (any other strategy or storage).
+_MEMORY, _REDIS, _STRATEGY = "memory", "redis", "strategy"
+
+#: limits' ``incr_expire.lua``, the fixed window's hit on Redis, as limits 5.8 ships it.
+_INCR_EXPIRE = b"""
+local current
+local amount = tonumber(ARGV[2])
+current = redis.call("incrby", KEYS[1], amount)
+
+if tonumber(current) == amount then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+
+return current
+"""
+#: The same hit, also returning the key's TTL: a hit and the window for the headers in
+#: one round trip. Used only while limits ships the script above unchanged.
+_INCR_EXPIRE_TTL = b"""
+local amount = tonumber(ARGV[2])
+local current = redis.call("incrby", KEYS[1], amount)
+if tonumber(current) == amount then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+return {current, redis.call("ttl", KEYS[1])}
+"""
+
+#: A client key no key function returns, to check a plan's keys against limits' own.
+_PROBE_KEY = "\x00probe"
+#: Plans kept per endpoint, one per method.
+_MAX_METHODS = 16
+
+#: (client key, count after the hit, window reset timestamp); count is None when the
+#: strategy counted (its window is read back for the headers, as Flask-Limiter does).
+_Hit = tuple[str, int | None, float]
+
+
+class _Unplannable(Exception):
+    """A step that Flask-Limiter's own path must run."""
+
+
+class _Rule:
+    """One limit of a plan: everything about it that is the same on every request."""
+
+    __slots__ = (
+        "amount",
+        "amount_text",
+        "cost",
+        "expiry",
+        "head",
+        "item",
+        "key_func",
+        "limit",
+        "prefix",
+        "scope",
+        "shared",
+        "tail",
+    )
+
+    def __init__(self, limit: RuntimeLimit, scope: str, key_prefix: str, storage_prefix: str):
+        item = limit.limit
+        self.limit = limit
+        self.item = item
+        self.amount = item.amount
+        self.amount_text = str(item.amount)
+        self.expiry = item.get_expiry()
+        self.cost = int(limit.deduction_amount)
+        self.key_func = limit.key_func
+        self.scope = scope
+        self.prefix = key_prefix
+        self.shared = limit.shared
+        # limits' item.key_for(*args) is "namespace/" + "/".join(args + [amount, multiples,
+        # granularity]); Flask-Limiter's args are [key_prefix,] client key, scope.
+        middle = f"{key_prefix}/" if key_prefix else ""
+        self.head = f"{storage_prefix}{item.namespace}/{middle}"
+        self.tail = f"/{scope}/{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
+
+    def args(self, client: str) -> list[str]:
+        """The identifiers Flask-Limiter hits this limit with (``RequestLimit.request_args``)."""
+        return [self.prefix, client, self.scope] if self.prefix else [client, self.scope]
+
+    def key(self, client: str) -> str:
+        """The storage key of ``client``'s window (what the storage itself is called with)."""
+        return f"{self.head}{client}{self.tail}"
+
+
+class _Variant:
+    """The limits one step evaluates, given what earlier steps of the request marked seen."""
+
+    __slots__ = ("header", "rules", "seen")
+
+    def __init__(self, rules: tuple[_Rule, ...], seen: tuple[RuntimeLimit, ...]) -> None:
+        self.rules = rules
+        #: Flask-Limiter's ``seen_limits`` after the step (defaults are counted once a request).
+        self.seen = seen
+        #: Which limit the headers describe when none is breached: the first not shared.
+        self.header = next((i for i, rule in enumerate(rules) if not rule.shared), 0)
+
+
+_NOTHING: tuple[RuntimeLimit, ...] = ()
+
+
+class _Plan:
+    """One step of the check (the before-request gate, or a decorated view) for one
+    endpoint and method, resolved once."""
+
+    __slots__ = ("after_gate", "alone", "exempt", "gate_seen", "name", "slow")
+
+    def __init__(
+        self,
+        *,
+        slow: bool = False,
+        exempt: bool = False,
+        name: str = "",
+        alone: _Variant | None = None,
+        gate_seen: tuple[RuntimeLimit, ...] | None = None,
+        after_gate: _Variant | None = None,
+    ) -> None:
+        #: Flask-Limiter's own path runs this step.
+        self.slow = slow
+        #: Nothing is limited (no endpoint, or a static file).
+        self.exempt = exempt
+        #: The qualified name of the view (a decorated step runs for it alone).
+        self.name = name
+        #: The step when nothing was seen before it in the request.
+        self.alone = alone or _Variant((), _NOTHING)
+        #: What the gate of the same endpoint and method marks seen, and the step after it.
+        self.gate_seen = gate_seen
+        self.after_gate = after_gate
+
+
+_SLOW_PLAN = _Plan(slow=True)
+_EXEMPT_PLAN = _Plan(exempt=True)
+
+
+class _Checked:
+    """What a fast step did in this request: enough for the headers, or for handing
+    Flask-Limiter its own per-request state (``current_limit``) if anything asks for it."""
+
+    __slots__ = ("breached", "header", "hits", "rules", "seen")
+
+    def __init__(
+        self,
+        seen: tuple[RuntimeLimit, ...],
+        rules: tuple[_Rule, ...],
+        hits: list[_Hit | None],
+        header: int,
+        breached: tuple[int, ...],
+    ) -> None:
+        self.seen = seen
+        self.rules = rules
+        #: One entry per rule evaluated, None for a rule skipped (an empty client key).
+        self.hits = hits
+        #: Index of the rule the headers describe, -1 for none.
+        self.header = header
+        self.breached = breached
+
+
+class _TrackedLimitManager(LimitManager):
+    """Flask-Limiter's limit manager, telling the limiter whenever its limits change."""
+
+    def __init__(self, source: LimitManager, changed: Callable[[], None]) -> None:
+        super().__init__(
+            application_limits=source._application_limits,
+            default_limits=source._default_limits,
+            decorated_limits=source._decorated_limits,
+            blueprint_limits=source._blueprint_limits,
+            route_exemptions=source._route_exemptions,
+            blueprint_exemptions=source._blueprint_exemptions,
+        )
+        self._endpoint_hints = source._endpoint_hints
+        self._changed = changed
+
+    def set_application_limits(self, limits: list[ApplicationLimit]) -> None:
+        super().set_application_limits(limits)
+        self._changed()
+
+    def set_default_limits(self, limits: list[Limit]) -> None:
+        super().set_default_limits(limits)
+        self._changed()
+
+    def add_decorated_limit(self, route: str, limit: Limit | None, override: bool = False) -> None:
+        current = self._decorated_limits.get(route)
+        # limit(...) used as a context manager sets the same limit again on every call.
+        same = limit is None or (
+            current is not None and (list(current) == [limit] if override else limit in current)
+        )
+        super().add_decorated_limit(route, limit, override)
+        if not same:
+            self._changed()
+
+    def add_blueprint_limit(self, blueprint: str, limit: Limit | None) -> None:
+        current = self._blueprint_limits.get(blueprint)
+        super().add_blueprint_limit(blueprint, limit)
+        if limit is not None and (current is None or limit not in current):
+            self._changed()
+
+    def add_route_exemption(self, route: str, scope: ExemptionScope) -> None:
+        changed = self._route_exemptions.get(route) != scope
+        super().add_route_exemption(route, scope)
+        if changed:
+            self._changed()
+
+    def add_blueprint_exemption(self, blueprint: str, scope: ExemptionScope) -> None:
+        changed = self._blueprint_exemptions.get(blueprint) != scope
+        super().add_blueprint_exemption(blueprint, scope)
+        if changed:
+            self._changed()
+
+    def add_endpoint_hint(self, endpoint: str, callable: str) -> None:
+        known = callable in self._endpoint_hints.get(endpoint, ())
+        super().add_endpoint_hint(endpoint, callable)
+        if not known:
+            self._changed()
+
+
 # --- the per-app limiter -------------------------------------------------------------------
 
 
@@ -179,13 +432,35 @@ class GatewayLimiter(Limiter):
     after :data:`FIRST_PROBE_DELAY` seconds, then after waits doubling up to
     ``max_probe_interval``. A successful probe makes the limits shared again.
 
+    Static limits take a fast path: which limits apply to an endpoint and method is
+    worked out once (as Flask-Limiter does it) and kept until a limit, exemption or
+    route is added; each request then calls the key functions and hits the storage
+    with the same keys, costs and order as Flask-Limiter. On a fixed window the
+    headers come from the hit itself (on Redis one round trip per limit, where
+    Flask-Limiter makes three). Limits that run app code per request (callable
+    limits, ``exempt_when``, ``deduct_when``, callable ``cost`` or ``scope``,
+    ``on_breach``, meta limits) and Flask-Limiter's own fallback, ``swallow_errors``
+    and request identifiers keep Flask-Limiter's path.
+
     :param state: the app's extension state (settings, recorder, internal paths).
     :param key_func: the default key function (who a limit counts).
     :param options: keyword arguments for :class:`flask_limiter.Limiter`.
     """
 
     def __init__(self, state: ObsState, key_func: KeyFunc, **options: Any) -> None:
+        # The fast path's plans, per endpoint and method, dropped when the limits change.
+        self._plans_lock = threading.Lock()
+        self._generation = 0
+        self._gate_plans: dict[str, dict[str, _Plan]] = {}
+        self._view_plans: dict[str, dict[str, _Plan]] = {}
+        self._fast_mode: str | None = None  # None until set up: Flask-Limiter's path only
+        self._incr_expire_ttl: Any = None
+        self._identity: Callable[..., str] | None = None
+        self._record_attr = f"_gateway_obs_rate_limit_{id(self):x}"
+        self._headers_on = False
+        self._limit_header = self._remaining_header = self._reset_header = ""
         super().__init__(key_func, **options)
+        self.limit_manager = _TrackedLimitManager(self.limit_manager, self._limits_changed)
         _drop_duplicate_null_handlers(self.logger)
         self._state = state
         self._internal_paths = state.internal_paths
@@ -219,6 +494,7 @@ class GatewayLimiter(Limiter):
 
     def setup(self, app: Flask) -> None:
         """Run Flask-Limiter's ``init_app`` and move its request hooks into the extension's."""
+        own_identity = "RATELIMIT_REQUEST_IDENTIFIER" not in app.config
         self.init_app(app)
         if not self.initialized:  # RATELIMIT_ENABLED = False
             return
@@ -231,7 +507,31 @@ class GatewayLimiter(Limiter):
         if type(storage) is RedisStorage and self._strategy_class is FixedWindowRateLimiter:
             self._fast_strategy = _PipelinedFixedWindow(storage)
         self._retry_after_header = self._header_mapping.get(HeaderNames.RETRY_AFTER, "Retry-After")
+        self._set_up_fast_path(storage, own_identity)
         self._adopt_hooks(app)
+
+    def _set_up_fast_path(self, storage: Storage, own_identity: bool) -> None:
+        mapping = self._header_mapping
+        self._limit_header = mapping[HeaderNames.LIMIT]
+        self._remaining_header = mapping[HeaderNames.REMAINING]
+        self._reset_header = mapping[HeaderNames.RESET]
+        self._headers_on = bool(self.enabled and self._headers_enabled and mapping)
+        # Flask-Limiter's default identity is the endpoint; another one keeps its path.
+        self._identity = self._request_identifier if own_identity else None
+        if type(storage) is MemoryStorage:
+            _throttle_sweeps(storage)
+        mode = _STRATEGY
+        if self._strategy_class is FixedWindowRateLimiter:
+            if type(storage) is MemoryStorage:
+                mode = _MEMORY
+            elif type(storage) is RedisStorage and _same_script(
+                storage.SCRIPT_INCR_EXPIRE, _INCR_EXPIRE
+            ):
+                # Registering a script does not connect.
+                self._incr_expire_ttl = storage.get_connection().register_script(_INCR_EXPIRE_TTL)
+                mode = _REDIS
+        self._fast_mode = mode
+        self._limits_changed()
 
     def _adopt_hooks(self, app: Flask) -> None:
         # Flask-Limiter registers three hooks of its own; Flask pays for each on every
@@ -281,7 +581,7 @@ class GatewayLimiter(Limiter):
             with self._lock:
                 if self._fallback is None:
                     strategy = self._strategy_class or type(super().limiter)
-                    self._fallback = strategy(MemoryStorage())
+                    self._fallback = strategy(_throttle_sweeps(MemoryStorage()))
         return self._fallback
 
     def _is_storage_error(self, error: BaseException) -> bool:
@@ -378,18 +678,24 @@ class GatewayLimiter(Limiter):
     def _check_request_limit(
         self, callable_name: str | None = None, in_middleware: bool = True
     ) -> None:
+        ctx = _cv_request.get(None)
+        if ctx is None:  # outside a request: Flask-Limiter's own path says what that means
+            super()._check_request_limit(callable_name, in_middleware)
+            return
+        req = ctx.request
         if in_middleware:
             if not self._middleware_has_limits():
                 return
-            if request.path in self._internal_paths:
+            if req.path in self._internal_paths:
                 return
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            app = ctx.app
             if len(app.view_functions) != self._view_count:
                 self._bind_views(app)
         if self._down:
             self._maybe_probe()
         try:
-            super()._check_request_limit(callable_name, in_middleware)
+            if self._down or not self._fast_check(ctx, req, callable_name, in_middleware):
+                super()._check_request_limit(callable_name, in_middleware)
         except RateLimitExceeded as exc:
             self._breached(exc)
             raise
@@ -422,7 +728,19 @@ class GatewayLimiter(Limiter):
         )
 
     def _after_request(self, response: Response) -> Response:
-        if self._inject_headers is None or not hasattr(request_context(), _CONTEXT_ATTR):
+        ctx = _cv_request.get(None)
+        if ctx is None:
+            return response
+        state = ctx.__dict__
+        record: _Checked | None = state.get(self._record_attr)
+        if record is not None:
+            if response.status_code != 429:
+                if record.header >= 0 and self._headers_on:
+                    self._add_headers(response, record)
+                return response
+            self._own_context()  # a 429 takes Flask-Limiter's header step, from the same counts
+        contexts = state.get(_CONTEXT_ATTR)
+        if self._inject_headers is None or contexts is None or self not in contexts:
             return response  # the limiter did nothing for this request
         name = self._retry_after_header
         lowered = name.lower()
@@ -488,6 +806,283 @@ class GatewayLimiter(Limiter):
                 self._storage_failed(error)
         return max(1, int(exc.limit.limit.get_expiry()))  # the whole window: an upper bound
 
+    # --- the fast path (see the comment above _Rule) -------------------------------------
+
+    def _limits_changed(self) -> None:
+        """Drop the plans: a limit, an exemption or a route was added."""
+        with self._plans_lock:
+            self._generation += 1
+            self._gate_plans = {}
+            self._view_plans = {}
+
+    def _fast_check(
+        self, ctx: Any, req: Request, callable_name: str | None, in_middleware: bool
+    ) -> bool:
+        """One step of Flask-Limiter's check, from the endpoint's plan.
+
+        Counts exactly as Flask-Limiter would: the same limits in the same order, the
+        same storage keys and costs, the same log lines, the same exception on a breach.
+        What it did stays on the request for the headers. Returns False, having touched
+        nothing, when this step needs Flask-Limiter's own path.
+        """
+        state = ctx.__dict__
+        contexts = state.get(_CONTEXT_ATTR)
+        if contexts is not None and self in contexts:
+            return False  # Flask-Limiter's own state is in use for this request: stay on it
+        endpoint: str | None = req.endpoint
+        method = req.method
+        plan: _Plan | None
+        if not endpoint:  # no route matched: Flask-Limiter limits nothing (meta limits aside)
+            plan = _EXEMPT_PLAN if self._plannable() else _SLOW_PLAN
+        else:
+            plans = self._gate_plans if in_middleware else self._view_plans
+            by_method = plans.get(endpoint)
+            plan = by_method.get(method) if by_method is not None else None
+            if plan is None:
+                plan = self._new_plan(ctx.app, req, endpoint, method, in_middleware)
+        if plan.slow:
+            return False
+        previous: _Checked | None = state.get(self._record_attr)
+        seen = previous.seen if previous is not None else _NOTHING
+        if not plan.exempt:
+            if not in_middleware and callable_name != plan.name:
+                return False  # limit(...) as a context manager, or a decorated helper
+            filters = self._request_filters
+            if not (filters and any(exempt() for exempt in filters)):
+                if not seen:
+                    variant = plan.alone
+                elif seen is plan.gate_seen and plan.after_gate is not None:
+                    variant = plan.after_gate
+                else:
+                    return False
+                if variant.rules:
+                    self._hit(state, variant)
+                    return True
+                seen = variant.seen
+        # Nothing to count: Flask-Limiter would forget any earlier step's header limit.
+        if previous is not None or seen:
+            state[self._record_attr] = _Checked(seen, (), [], -1, ())
+        return True
+
+    def _hit(self, state: dict[str, Any], variant: _Variant) -> None:
+        """Count the request in each limit of ``variant``, as Flask-Limiter's evaluation does."""
+        rules = variant.rules
+        mode = self._fast_mode
+        storage = cast(Storage, self._storage)
+        strategy = self.limiter if mode is _STRATEGY else None
+        hits: list[_Hit | None] = []
+        failed: list[int] = []
+        skipped = False
+        for index, rule in enumerate(rules):
+            raw = rule.key_func()
+            if not raw:
+                self.logger.error(f"Skipping limit: {rule.item}. Empty value found in parameters.")
+                hits.append(None)
+                skipped = True
+                continue
+            client = raw if type(raw) is str else safe_string(raw)
+            count: int | None
+            if mode is _MEMORY:
+                key = f"{rule.head}{client}{rule.tail}"
+                count = storage.incr(key, rule.expiry, amount=rule.cost)
+                reset = cast(MemoryStorage, storage).expirations.get(key) or time.time()
+                allowed = count <= rule.amount
+            elif mode is _REDIS:
+                reply = self._incr_expire_ttl(
+                    keys=[f"{rule.head}{client}{rule.tail}"], args=[rule.expiry, rule.cost]
+                )
+                count = int(reply[0])
+                reset = max(int(reply[1]), 0) + time.time()
+                allowed = count <= rule.amount
+            else:
+                assert strategy is not None
+                allowed = strategy.hit(rule.item, *rule.args(client), cost=rule.cost)
+                count, reset = None, 0.0
+            hits.append((client, count, reset))
+            if not allowed:
+                self.logger.info(
+                    "ratelimit %s (%s) exceeded at endpoint: %s", rule.item, raw, rule.scope
+                )
+                failed.append(index)
+                if self._fail_on_first_breach:
+                    break
+        if failed:
+            header = failed[-1]
+        elif not skipped:
+            header = variant.header
+        else:
+            counted = [i for i, hit in enumerate(hits) if hit is not None]
+            explicit = [i for i in counted if not rules[i].shared]
+            header = explicit[0] if explicit else counted[0] if counted else -1
+        state[self._record_attr] = _Checked(variant.seen, rules, hits, header, tuple(failed))
+        if failed:
+            # Rules are in Flask-Limiter's order (shortest window first): the first failed
+            # is the one it reports.
+            raise RateLimitExceeded(rules[failed[0]].limit)
+
+    def _new_plan(
+        self, app: Flask, req: Request, endpoint: str, method: str, in_middleware: bool
+    ) -> _Plan:
+        generation = self._generation
+        try:
+            plan = self._resolve_plan(app, req, endpoint, method, in_middleware)
+        except _Unplannable:
+            plan = _SLOW_PLAN
+        except Exception:  # whatever it is, Flask-Limiter's own path meets it as it would
+            _log.debug("rate limits of %s not cached", endpoint, exc_info=True)
+            plan = _SLOW_PLAN
+        with self._plans_lock:
+            if generation == self._generation:
+                plans = self._gate_plans if in_middleware else self._view_plans
+                by_method = plans.setdefault(endpoint, {})
+                # A route answers a few methods; this bounds the cache whatever clients send.
+                if len(by_method) < _MAX_METHODS:
+                    by_method[method] = plan
+        return plan
+
+    def _plannable(self) -> bool:
+        """Whether the limiter's settings allow plans at all."""
+        return not (
+            self._fast_mode is None
+            or self._identity is None
+            or self._request_identifier is not self._identity
+            or self._in_memory_fallback_enabled
+            or self._storage_dead
+            or self._swallow_errors
+            or self._meta_limits
+            or self._on_breach
+            or self._on_meta_breach
+        )
+
+    def _resolve_plan(
+        self, app: Flask, req: Request, endpoint: str, method: str, in_middleware: bool
+    ) -> _Plan:
+        if not self._plannable():
+            return _SLOW_PLAN
+        if endpoint.split(".")[-1] == "static":
+            return _EXEMPT_PLAN
+        view_func = app.view_functions.get(endpoint)
+        name = get_qualified_name(view_func) if view_func else ""
+        manager = self.limit_manager
+        if manager.has_hints(endpoint):
+            return _SLOW_PLAN  # limits met inside views: Flask-Limiter tracks those itself
+        groups: list[Limit] = [
+            *manager._application_limits,
+            *manager._default_limits,
+            *manager._decorated_limits.get(name, ()),
+            *(group for groups in manager._blueprint_limits.values() for group in groups),
+        ]
+        for group in groups:
+            if callable(group.limit_provider) or _runs_user_code(group):
+                return _SLOW_PLAN
+            list(group)  # a bad limit string raises ValueError: Flask-Limiter logs it per request
+        defaults, decorated = manager.resolve_limits(
+            app, endpoint, req.blueprint, name, in_middleware, name in self._marked_for_limiting
+        )
+        if any(_runs_user_code(limit) for limit in (*defaults, *decorated)):
+            return _SLOW_PLAN
+        alone = self._variant(defaults, decorated, _NOTHING, endpoint, method)
+        gate_seen = after_gate = None
+        if not in_middleware:
+            gate = self._gate_plans.get(endpoint, {}).get(method)
+            if gate is not None and not gate.slow and gate.alone.seen:
+                gate_seen = gate.alone.seen
+                after_gate = self._variant(defaults, decorated, gate_seen, endpoint, method)
+        return _Plan(name=name, alone=alone, gate_seen=gate_seen, after_gate=after_gate)
+
+    def _variant(
+        self,
+        defaults: list[RuntimeLimit],
+        decorated: list[RuntimeLimit],
+        seen: tuple[RuntimeLimit, ...],
+        endpoint: str,
+        method: str,
+    ) -> _Variant:
+        # As Flask-Limiter's __filter_limits and __evaluate_limits do it (its ordered sets
+        # are dicts here: insertion order, equal limits once).
+        fresh = [limit for limit in dict.fromkeys(defaults) if limit not in seen]
+        ordered = sorted([*fresh, *decorated], key=lambda limit: limit.limit)
+        mode = self._fast_mode
+        redis = cast(RedisStorage, self.storage) if mode is _REDIS else None
+        storage_prefix = redis.prefixed_key("") if redis is not None else ""
+        rules: list[_Rule] = []
+        for limit in ordered:
+            if limit.method_exempt:
+                continue
+            scope = limit.scope_for(endpoint, method)
+            if not scope:
+                raise _Unplannable  # Flask-Limiter skips it with an error, per request
+            rule = _Rule(limit, scope, self._key_prefix, storage_prefix)
+            if mode is not _STRATEGY:
+                # The keys must be limits' own, so that counts stay shared with every other
+                # client of the storage (raw Flask-Limiter, other versions of this one).
+                expected = limit.limit.key_for(*rule.args(_PROBE_KEY))
+                if redis is not None:
+                    expected = redis.prefixed_key(expected)
+                if rule.key(_PROBE_KEY) != expected:
+                    raise _Unplannable
+            rules.append(rule)
+        return _Variant(tuple(rules), tuple(dict.fromkeys([*seen, *defaults])))
+
+    @property
+    def context(self) -> LimiterContext:
+        """Flask-Limiter's per-request state, made from the fast path's record when asked for.
+
+        :meta private:
+        """
+        return self._own_context()
+
+    def _own_context(self) -> LimiterContext:
+        context: LimiterContext = Limiter.context.fget(self)  # type: ignore[attr-defined]
+        ctx = _cv_request.get(None)
+        record = ctx.__dict__.pop(self._record_attr, None) if ctx is not None else None
+        if record is not None:
+            context.seen_limits.update(record.seen)
+            limits: list[RequestLimit] = []
+            chosen = None
+            for index, hit in enumerate(record.hits):
+                if hit is None:
+                    continue
+                rule = record.rules[index]
+                client, count, reset = hit
+                limit = RequestLimit(
+                    self, rule.item, rule.args(client), index in record.breached, rule.shared
+                )
+                if count is not None:
+                    # The window as the hit left it (what Flask-Limiter would read back now).
+                    limit._window = WindowStats(reset, max(0, rule.amount - count))
+                limits.append(limit)
+                if index == record.header:
+                    chosen = limit
+            context.view_rate_limits = limits
+            context.view_rate_limit = chosen
+        return context
+
+    def _add_headers(self, response: Response, record: _Checked) -> None:
+        index = record.header
+        rule = record.rules[index]
+        hit = record.hits[index]
+        assert hit is not None
+        client, count, reset = hit
+        if count is None:  # the strategy counted: read its window back, as Flask-Limiter does
+            try:
+                reset, remaining = self.limiter.get_window_stats(rule.item, *rule.args(client))
+            except StorageUnavailable:
+                return
+            except Exception as exc:
+                if not self._is_storage_error(exc):
+                    raise
+                self._storage_failed(exc)
+                return
+        else:
+            remaining = rule.amount - count
+            if remaining < 0:
+                remaining = 0
+        headers = response.headers
+        headers.add(self._limit_header, rule.amount_text)
+        headers.add(self._remaining_header, str(remaining))
+        headers.add(self._reset_header, str(int(reset + 1)))
+
     # --- views decorated before the app existed ------------------------------------------
 
     def _bind_views(self, app: Flask) -> None:
@@ -497,6 +1092,7 @@ class GatewayLimiter(Limiter):
                 if isinstance(deferred, _DeferredLimits):
                     self.bound_view(deferred)
             self._view_count = len(app.view_functions)
+        self._limits_changed()  # routes came or went
 
     def bound_view(self, deferred: _DeferredLimits) -> Callable[..., Any]:
         """The view wrapped by this limiter's own decorators for ``deferred``'s limits."""
@@ -510,6 +1106,54 @@ class GatewayLimiter(Limiter):
                         view = decoration.apply(self)(view)
                     self._views[deferred] = view
         return view
+
+
+def _runs_user_code(limit: Limit | RuntimeLimit) -> bool:
+    """Whether a limit calls back into the app per request (Flask-Limiter's path runs it)."""
+    return bool(
+        limit.exempt_when
+        or limit.deduct_when
+        or limit.on_breach
+        or limit.meta_limits
+        or callable(limit.cost)
+        or callable(limit.scope)
+    )
+
+
+#: Seconds between two sweeps of expired windows out of an in-memory storage.
+SWEEP_INTERVAL = 1.0
+_SCHEDULE_SWEEP = "_MemoryStorage__schedule_expiry"  # limits' MemoryStorage, name-mangled
+
+
+def _throttle_sweeps(storage: MemoryStorage) -> MemoryStorage:
+    """Let ``storage`` start its sweeper thread at most once per :data:`SWEEP_INTERVAL`.
+
+    limits' memory storage sweeps expired windows in a one-shot 10 ms timer thread that
+    every hit restarts when it has finished: under load about a hundred thread starts a
+    second, each stalling the request that makes it until the OS runs the new thread
+    (milliseconds on a busy machine). Counting does not depend on the sweep (a window
+    past its expiry is dropped when next read), only memory does: expired windows of
+    clients that do not come back now stay up to a second longer.
+    """
+    schedule = getattr(storage, _SCHEDULE_SWEEP, None)
+    if schedule is None:  # another limits: leave it as it is
+        return storage
+    next_sweep = 0.0
+
+    def throttled() -> None:
+        nonlocal next_sweep
+        now = time.monotonic()
+        if now >= next_sweep:
+            next_sweep = now + SWEEP_INTERVAL
+            schedule()
+
+    # On this instance only (the app's own storage): the class is left alone.
+    setattr(storage, _SCHEDULE_SWEEP, throttled)
+    return storage
+
+
+def _same_script(shipped: bytes, known: bytes) -> bool:
+    return shipped.split() == known.split()
 
 
 def _storage_name(storage: Storage) -> str:

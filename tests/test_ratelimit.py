@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 import warnings
@@ -15,7 +16,7 @@ from flask_limiter import Limiter
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from flask_gateway_obs import ConfigError, GatewayObs, ServiceUnavailableError
+from flask_gateway_obs import ConfigError, GatewayObs, ServiceUnavailableError, ratelimit
 from flask_gateway_obs.config import Keys
 from flask_gateway_obs.extension import Recorder
 from flask_gateway_obs.ratelimit import (
@@ -699,7 +700,10 @@ def test_redis_dying_during_a_request_never_turns_it_into_a_500(
     make_app, redis_server, deduct: bool
 ) -> None:
     """Redis killed inside the view: the after-request step (headers, deduction) contains it."""
-    app = make_app({Keys.REDIS_URL: redis_server.url})
+    # The moving window reads its window back for the headers after the view (the
+    # fixed window takes them from the hit: see the next test).
+    strategy = "fixed-window" if deduct else "moving-window"
+    app = make_app({Keys.REDIS_URL: redis_server.url, "RATELIMIT_STRATEGY": strategy})
     limiter = limiter_of(app)
     options: dict[str, Callable[[Any], bool]] = {"deduct_when": lambda r: True} if deduct else {}
 
@@ -713,6 +717,31 @@ def test_redis_dying_during_a_request_never_turns_it_into_a_500(
     assert response.status_code == 200 and response.get_json() == {"killed": True}
     assert "X-RateLimit-Limit" not in response.headers
     assert limiter.storage_down
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_fixed_window_headers_come_from_the_hit_when_redis_dies_in_the_view(
+    make_app, redis_server
+) -> None:
+    """Fixed window: headers come from the hit, not Redis after the view; then it fails open."""
+    app = make_app({Keys.REDIS_URL: redis_server.url})
+    limiter = limiter_of(app)
+    limiter.clock = FakeClock()
+
+    @app.get("/kill")
+    @limiter.limit("10/minute")
+    def kill() -> dict[str, Any]:
+        redis_server.stop()
+        return {"killed": True}
+
+    client = app.test_client()
+    response = client.get("/kill", environ_base=CLIENT)
+    assert response.status_code == 200 and response.get_json() == {"killed": True}
+    assert response.headers["X-RateLimit-Remaining"] == "9"
+    assert not limiter.storage_down  # nothing was asked of Redis after the view
+    again = client.get("/kill", environ_base=CLIENT)
+    assert again.status_code == 200 and limiter.storage_down
 
 
 @pytest.mark.redis
@@ -744,3 +773,517 @@ def test_a_flapping_redis_is_warned_about_once_a_minute(make_app, redis_server) 
         outage_and_return()
         assert len(logs.find(level="warning")) == 2
     assert recorder.errors == [("RateLimitStorageError", "ratelimit")] * 3
+
+
+# --- the fast path: counts, keys and headers exactly as Flask-Limiter's ------------------------
+#
+# Each scenario builds the same routes on our app and on a raw Flask-Limiter app and sends
+# both the same requests: statuses, headers and the storage's keys and counts must match.
+
+Routes = Callable[[Flask, Limiter], None]
+Call = tuple[str, str, str]  # method, path, client address
+A, B = "192.0.2.7", "192.0.2.8"
+
+
+@pytest.fixture
+def own_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, bool]]:
+    """Every time one of our limiters takes Flask-Limiter's own check, from now on."""
+    calls: list[tuple[str | None, bool]] = []
+    original = Limiter._check_request_limit
+
+    def counting(
+        self: Limiter, callable_name: str | None = None, in_middleware: bool = True
+    ) -> None:
+        if isinstance(self, GatewayLimiter):
+            calls.append((callable_name, in_middleware))
+        original(self, callable_name, in_middleware)
+
+    monkeypatch.setattr(Limiter, "_check_request_limit", counting)
+    return calls
+
+
+def basic_routes(app: Flask, limiter: Limiter) -> None:
+    @app.get("/free")
+    def free() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/items/<int:item_id>")
+    @limiter.limit("2/minute")
+    def item(item_id: int) -> dict[str, Any]:
+        return {"id": item_id}
+
+    @app.get("/exempt")
+    @limiter.exempt
+    def exempt() -> dict[str, Any]:
+        return {"ok": True}
+
+
+def several_windows(app: Flask, limiter: Limiter) -> None:
+    @app.route("/free", methods=["GET", "POST"])
+    def free() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/items/<int:item_id>")
+    @limiter.limit("5/hour;2/minute")
+    def item(item_id: int) -> dict[str, Any]:
+        return {"id": item_id}
+
+
+def shared_blueprint_and_methods(app: Flask, limiter: Limiter) -> None:
+    group = limiter.shared_limit("3/minute", scope="group")
+
+    @app.get("/one")
+    @group
+    def one() -> str:
+        return "one"
+
+    @app.get("/two")
+    @group
+    def two() -> str:
+        return "two"
+
+    @app.route("/write", methods=["GET", "POST"])
+    @limiter.limit("1/minute", methods=["POST"])
+    def write() -> str:
+        return "write"
+
+    @app.route("/scoped", methods=["GET", "POST"])
+    @limiter.limit("2/minute", per_method=True, scope="s")
+    def scoped() -> str:
+        return "scoped"
+
+    bp = Blueprint("reports", __name__)
+
+    @bp.get("/reports")
+    def reports() -> str:
+        return "reports"
+
+    limiter.limit("2/minute")(bp)
+    app.register_blueprint(bp)
+
+
+def defaults_kept_and_empty_keys(app: Flask, limiter: Limiter) -> None:
+    @app.get("/both")
+    @limiter.limit("3/minute", override_defaults=False)
+    def both() -> str:
+        return "both"
+
+    @app.get("/keyed")
+    @limiter.limit("2/minute", key_func=lambda: request.headers.get("X-Key", ""))
+    def keyed() -> str:
+        return "keyed"
+
+
+def limit_inside_the_view(app: Flask, limiter: Limiter) -> None:
+    @app.get("/inside")
+    def inside() -> str:
+        with limiter.limit("2/minute"):
+            return "inside"
+
+
+def get(path: str, addr: str = A) -> Call:
+    return ("GET", path, addr)
+
+
+def post(path: str, addr: str = A) -> Call:
+    return ("POST", path, addr)
+
+
+#: name -> (config, routes, requests, our own path: "never" | "sometimes")
+SCENARIOS: dict[str, tuple[dict[str, Any], Routes, list[Call], str]] = {
+    "defaults-and-a-route-limit": (
+        {"RATELIMIT_DEFAULT": "3/minute"},
+        basic_routes,
+        [get("/free")] * 4
+        + [get("/items/1"), get("/items/2"), get("/items/3"), get("/items/1", B)]
+        + [get("/exempt")] * 4
+        + [get("/free", B), get("/nowhere")],
+        "never",
+    ),
+    "several-windows-application-and-per-method-defaults": (
+        {
+            "RATELIMIT_DEFAULT": "3/hour;2/minute",
+            "RATELIMIT_APPLICATION": "7/minute",
+            "RATELIMIT_DEFAULTS_PER_METHOD": True,
+        },
+        several_windows,
+        [get("/free")] * 3 + [post("/free")] * 3 + [get("/items/1")] * 3 + [get("/free", B)] * 2,
+        "never",
+    ),
+    "shared-blueprint-method-and-scoped-limits": (
+        {"RATELIMIT_DEFAULT": "4/minute"},
+        shared_blueprint_and_methods,
+        [get("/one"), get("/two"), get("/one"), get("/two"), get("/one", B)]
+        + [get("/write")] * 5
+        + [post("/write")] * 2
+        + [get("/scoped"), post("/scoped")] * 3
+        + [get("/reports")] * 3,
+        "never",
+    ),
+    "defaults-kept-beside-a-route-limit-and-empty-keys": (
+        {"RATELIMIT_DEFAULT": "2/minute", "RATELIMIT_FAIL_ON_FIRST_BREACH": False},
+        defaults_kept_and_empty_keys,
+        [get("/both")] * 4 + [get("/keyed")] * 3,
+        "never",
+    ),
+    "moving-window-through-the-strategy": (
+        {"RATELIMIT_DEFAULT": "3/minute", "RATELIMIT_STRATEGY": "moving-window"},
+        basic_routes,
+        [get("/free")] * 4 + [get("/items/1")] * 3 + [get("/free", B)],
+        "never",
+    ),
+    "sliding-window-counter-through-the-strategy": (
+        {"RATELIMIT_DEFAULT": "3/minute", "RATELIMIT_STRATEGY": "sliding-window-counter"},
+        basic_routes,
+        [get("/free")] * 4 + [get("/items/1")] * 3 + [get("/free", B)],
+        "never",
+    ),
+    "a-limit-inside-the-view": (
+        {"RATELIMIT_DEFAULT": "3/minute"},
+        limit_inside_the_view,
+        [get("/inside")] * 4,
+        "sometimes",
+    ),
+}
+
+
+def raw_app(config: dict[str, Any], storage: str = "memory://", key_prefix: str = "") -> Flask:
+    """The same app with Flask-Limiter alone (its own hooks, its own paths)."""
+    from flask_limiter.util import get_remote_address
+
+    app = Flask("raw")
+    app.config.update(config)
+    Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri=storage,
+        headers_enabled=True,
+        key_prefix=key_prefix,
+    )
+    return app
+
+
+def raw_limiter(app: Flask) -> Limiter:
+    (limiter,) = app.extensions["limiter"]
+    assert isinstance(limiter, Limiter)
+    return limiter
+
+
+def replay(app: Flask, calls: list[Call]) -> list[tuple[int, str | None, str | None, int]]:
+    """Status, X-RateLimit-Limit, X-RateLimit-Remaining and -Reset of each call."""
+    client = app.test_client()
+    seen = []
+    for method, path, addr in calls:
+        headers = {"X-Key": "k"} if len(seen) % 2 else {}
+        response = client.open(
+            path, method=method, environ_base={"REMOTE_ADDR": addr}, headers=headers
+        )
+        reset = int(response.headers.get("X-RateLimit-Reset", 0))
+        seen.append(
+            (
+                response.status_code,
+                response.headers.get("X-RateLimit-Limit"),
+                response.headers.get("X-RateLimit-Remaining"),
+                reset,
+            )
+        )
+    return seen
+
+
+def assert_same_responses(ours: list[Any], theirs: list[Any]) -> None:
+    assert [r[:3] for r in ours] == [r[:3] for r in theirs]
+    for mine, raw in zip(ours, theirs, strict=True):
+        assert abs(mine[3] - raw[3]) <= 1  # the same window (a second may tick in between)
+
+
+def memory_counts(limiter: Limiter) -> dict[str, int]:
+    storage = limiter.storage
+    assert isinstance(storage, MemoryStorage)
+    return {key: count for key, count in storage.storage.items() if count}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_fast_path_counts_exactly_like_flask_limiter(make_app, own_path_calls, scenario) -> None:
+    """Same statuses, headers, storage keys and counts as raw Flask-Limiter, request by request."""
+    config, routes, calls, own_path = SCENARIOS[scenario]
+    ours = make_app(config)
+    routes(ours, limiter_of(ours))
+    theirs = raw_app(config)
+    routes(theirs, raw_limiter(theirs))
+    assert_same_responses(replay(ours, calls), replay(theirs, calls))
+    assert memory_counts(limiter_of(ours)) == memory_counts(raw_limiter(theirs))
+    if own_path == "never":
+        assert own_path_calls == []
+    else:
+        assert own_path_calls
+
+
+def dynamic_limit() -> str:
+    """A limit string read per request."""
+    return "2/minute"
+
+
+#: Limits that run app code per request (or need Flask-Limiter's per-request machinery):
+#: Flask-Limiter's own path runs every request they apply to.
+DYNAMIC: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "callable-limit": ({}, {"limit_value": dynamic_limit}),
+    "exempt-when": ({}, {"exempt_when": lambda: request.args.get("free") == "1"}),
+    "deduct-when": ({}, {"deduct_when": lambda response: response.status_code == 200}),
+    "callable-cost": ({}, {"cost": lambda: 1}),
+    "callable-scope": ({}, {"scope": lambda endpoint: "dyn"}),
+    "on-breach": ({}, {"on_breach": lambda limit: None}),
+    "meta-limits": ({"RATELIMIT_META": "100/hour"}, {}),
+    "request-identifier": ({"RATELIMIT_REQUEST_IDENTIFIER": lambda: "everything"}, {}),
+    "swallow-errors": ({"RATELIMIT_SWALLOW_ERRORS": True}, {}),
+    "in-memory-fallback": ({"RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True}, {}),
+}
+
+
+@pytest.mark.parametrize("case", list(DYNAMIC))
+def test_dynamic_limits_fall_back_to_flask_limiters_own_path(
+    make_app, own_path_calls, case
+) -> None:
+    """Callables, meta limits and unusual settings keep Flask-Limiter's own path, and its counts."""
+    config, options = DYNAMIC[case]
+    limit_value = options.pop("limit_value", "2/minute") if options else "2/minute"
+
+    def routes(app: Flask, limiter: Limiter) -> None:
+        @app.get("/items/<int:item_id>")
+        @limiter.limit(limit_value, **options)
+        def item(item_id: int) -> dict[str, Any]:
+            return {"id": item_id}
+
+    ours = make_app(config)
+    routes(ours, limiter_of(ours))
+    theirs = raw_app(config)
+    routes(theirs, raw_limiter(theirs))
+    calls = [get("/items/1")] * 3
+    assert_same_responses(replay(ours, calls), replay(theirs, calls))
+    assert [status for status, *_ in replay(ours, [get("/items/1")])] == [429]
+    assert len(own_path_calls) >= 4  # every request
+
+
+def test_only_the_endpoints_with_dynamic_limits_leave_the_fast_path(
+    make_app, own_path_calls
+) -> None:
+    """One callable limit sends its own route down Flask-Limiter's path, not the others."""
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "5/minute"}))
+    limiter = limiter_of(app)
+
+    @app.get("/dynamic")
+    @limiter.limit(dynamic_limit)
+    def dynamic() -> str:
+        return "dynamic"
+
+    client = app.test_client()
+    assert statuses(client, "/free", 2) + statuses(client, "/items/1", 2) == [200] * 4
+    assert own_path_calls == []
+    assert statuses(client, "/dynamic", 3) == [200, 200, 429]
+    assert own_path_calls and all(call for call in own_path_calls)
+
+
+def test_limits_added_after_requests_apply_at_once(make_app, own_path_calls) -> None:
+    """Exemptions and filters added after the first requests drop the resolved limits."""
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "2/minute"}))
+    limiter = limiter_of(app)
+    client = app.test_client()
+    assert statuses(client, "/free", 1) == [200]
+    limiter.exempt(app.view_functions["free"])
+    assert statuses(client, "/free", 4) == [200] * 4
+
+    @limiter.request_filter
+    def internal() -> bool:
+        return request.headers.get("X-Internal") == "1"
+
+    assert statuses(client, "/items/1", 4, headers={"X-Internal": "1"}) == [200] * 4
+    assert statuses(client, "/items/1", 4) == [200, 200, 200, 429]
+    assert own_path_calls == []
+
+
+def test_methods_clients_make_up_do_not_grow_the_cache(make_app) -> None:
+    """Requests with invented methods are refused (405) and keep the resolved limits bounded."""
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "1000/minute"}))
+    client = app.test_client()
+    codes = {
+        client.open("/free", method=f"X{i}", environ_base=CLIENT).status_code for i in range(50)
+    }
+    assert codes == {405}
+    assert statuses(client, "/free", 1) == [200]
+    limiter = limiter_of(app)
+    plans = [*limiter._gate_plans.values(), *limiter._view_plans.values()]
+    assert sum(len(by_method) for by_method in plans) <= 16
+
+
+def test_the_memory_sweeper_thread_starts_at_most_once_a_second(make_app, monkeypatch) -> None:
+    """Hits more than its 10 ms apart do not each start a thread to sweep expired windows."""
+    started: list[float] = []
+
+    class CountingTimer(threading.Timer):
+        def start(self) -> None:
+            started.append(time.monotonic())
+            super().start()
+
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "1000/minute"}))
+    monkeypatch.setattr(threading, "Timer", CountingTimer)
+    client = app.test_client()
+    for _ in range(5):
+        assert statuses(client, "/free", 1) == [200]
+        time.sleep(0.015)  # limits' one-shot sweeper (10 ms) has finished by the next hit
+    assert len(started) <= 1
+
+
+def test_expired_memory_windows_are_still_swept(make_app, monkeypatch) -> None:
+    """A window that expired is removed from memory even if its client never comes back."""
+    monkeypatch.setattr(ratelimit, "SWEEP_INTERVAL", 0.0)
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "1000/minute"}))
+    storage = limiter_of(app).storage
+    assert isinstance(storage, MemoryStorage)
+    client = app.test_client()
+    assert statuses(client, "/free", 1) == [200]
+    (gone,) = storage.expirations
+    storage.expirations[gone] = time.time() - 1  # as if its minute were over
+    deadline = time.monotonic() + 5
+    while gone in storage.storage and time.monotonic() < deadline:
+        time.sleep(0.02)
+        client.get("/free", environ_base={"REMOTE_ADDR": "192.0.2.99"})
+    assert gone not in storage.storage
+
+
+def test_current_limit_in_a_view_is_flask_limiters_after_the_fast_path(make_app) -> None:
+    """limiter.current_limit / current_limits in a view describe this request's hit."""
+    app = make_app({"RATELIMIT_DEFAULT": "5/minute;10/hour"})
+    limiter = limiter_of(app)
+
+    @app.get("/me")
+    def me() -> dict[str, Any]:
+        current = limiter.current_limit
+        assert current is not None
+        return {
+            "limit": str(current.limit),
+            "remaining": current.remaining,
+            "key": current.key,
+            "all": [str(limit.limit) for limit in limiter.current_limits],
+        }
+
+    client = app.test_client()
+    client.get("/me", environ_base=CLIENT)
+    response = client.get("/me", environ_base=CLIENT)
+    assert response.get_json() == {
+        "limit": "5 per 1 minute",
+        "remaining": 3,
+        "key": "LIMITER/192.0.2.7/me/5/1/minute",
+        "all": ["5 per 1 minute", "10 per 1 hour"],
+    }
+    assert response.headers["X-RateLimit-Remaining"] == "3"
+
+
+def test_memory_keys_are_flask_limiters(make_app) -> None:
+    """The storage keys are limits' own: namespace/[prefix/]client/scope/amount/multiples/unit."""
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "3/minute", "RATELIMIT_KEY_PREFIX": "gw"}))
+    client = app.test_client()
+    statuses(client, "/free", 2)
+    statuses(client, "/items/1", 1)
+    assert memory_counts(limiter_of(app)) == {
+        "LIMITER/gw/192.0.2.7/free/3/1/minute": 2,
+        "LIMITER/gw/192.0.2.7/item/3/1/minute": 1,
+    }
+
+
+# --- the fast path on Redis ----------------------------------------------------------------------
+
+
+def redis_counts(url: str, prefix: str) -> dict[str, tuple[int, bool]]:
+    """Count and whether it expires, of each limiter key of ``prefix``, with the prefix cut out."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        found = {}
+        for key in client.scan_iter(match=f"LIMITS:LIMITER/{prefix}/*"):
+            name = key.decode().replace(f"/{prefix}/", "/<prefix>/", 1)
+            found[name] = (int(client.get(key) or 0), int(client.ttl(key)) > 0)
+        return found
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+def test_fast_path_counts_exactly_like_flask_limiter_in_redis(make_app, redis_url) -> None:
+    """On Redis: same statuses, headers, keys, counts and expiries as raw Flask-Limiter."""
+    config, routes, calls, _ = SCENARIOS["shared-blueprint-method-and-scoped-limits"]
+    ours_prefix, raw_prefix = unique_service(), unique_service()
+    ours = make_app({**config, Keys.REDIS_URL: redis_url, Keys.SERVICE_NAME: ours_prefix})
+    routes(ours, limiter_of(ours))
+    theirs = raw_app(config, redis_url, key_prefix=raw_prefix)
+    routes(theirs, raw_limiter(theirs))
+    try:
+        assert_same_responses(replay(ours, calls), replay(theirs, calls))
+        counted = redis_counts(redis_url, ours_prefix)
+        assert counted and counted == redis_counts(redis_url, raw_prefix)
+        # Four hits on the shared group (the fourth refused, and counted, as fixed windows do).
+        assert counted["LIMITS:LIMITER/<prefix>/192.0.2.7/group/3/1/minute"] == (4, True)
+    finally:
+        raw_limiter(theirs).storage.reset()
+
+
+@pytest.mark.redis
+def test_our_limit_and_raw_flask_limiters_share_one_count_in_redis(make_app, redis_url) -> None:
+    """Our app and a raw Flask-Limiter app with the same prefix count against one limit."""
+    service = unique_service()
+    ours = add_routes(make_app({Keys.REDIS_URL: redis_url, Keys.SERVICE_NAME: service}))
+    theirs = raw_app({}, redis_url, key_prefix=service)
+    add_routes_raw = raw_limiter(theirs)
+
+    @theirs.get(ITEM_ROUTE)
+    @add_routes_raw.limit("3/minute")
+    def item(item_id: int) -> dict[str, Any]:
+        return {"id": item_id}
+
+    try:
+        ours_client, raw_client = ours.test_client(), theirs.test_client()
+        assert statuses(ours_client, "/items/1", 1) == [200]
+        assert statuses(raw_client, "/items/1", 1) == [200]
+        third = ours_client.get("/items/1", environ_base=CLIENT)
+        assert third.status_code == 200 and third.headers["X-RateLimit-Remaining"] == "0"
+        assert statuses(raw_client, "/items/1", 1) == [429]
+        assert statuses(ours_client, "/items/1", 1) == [429]
+        key = f"LIMITS:LIMITER/{service}/192.0.2.7/item/3/1/minute"
+        assert redis_counts(redis_url, service) == {
+            key.replace(f"/{service}/", "/<prefix>/"): (5, True)
+        }
+    finally:
+        raw_limiter(theirs).storage.reset()
+
+
+@pytest.mark.redis
+def test_a_changed_redis_script_in_limits_keeps_counting_through_the_strategy(
+    make_app, redis_url, monkeypatch, own_path_calls
+) -> None:
+    """If limits ships another fixed-window script, the hit goes through its strategy instead."""
+    monkeypatch.setattr(ratelimit, "_INCR_EXPIRE", b"-- the script as an older limits had it")
+    app = add_routes(make_app({Keys.REDIS_URL: redis_url, Keys.SERVICE_NAME: unique_service()}))
+    responses = [app.test_client().get("/items/1", environ_base=CLIENT) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["2", "1", "0", "0"]
+    assert own_path_calls == [] and limiter_of(app)._fast_mode == "strategy"
+
+
+@pytest.mark.redis
+def test_a_limited_request_costs_one_redis_round_trip(make_app, redis_url, monkeypatch) -> None:
+    """Fixed window on Redis with headers on: the hit and the window in one command."""
+    app = add_routes(
+        make_app(
+            {
+                Keys.REDIS_URL: redis_url,
+                Keys.SERVICE_NAME: unique_service(),
+                "RATELIMIT_DEFAULT": "100/minute",
+            }
+        )
+    )
+    client = app.test_client()
+    assert statuses(client, "/free", 1) == [200]  # loads the script
+    sent = count_commands(monkeypatch, limiter_of(app))
+    responses = [client.get("/free", environ_base=CLIENT) for _ in range(3)]
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["98", "97", "96"]
+    assert all(0 < int(r.headers["X-RateLimit-Reset"]) - time.time() <= 61 for r in responses)
+    assert sent == ["EVALSHA"] * 3
