@@ -54,6 +54,19 @@ def _reset_global_state() -> Iterator[None]:
 MakeApp = Callable[..., Flask]
 
 
+class ManualClock:
+    """A clock the test moves by hand (``clock()`` reads it, ``advance(s)`` moves it)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
 def make_app(tmp_path: Any) -> MakeApp:
     """Build a Flask app with the extension: ``make_app(config={...}, **overrides)``."""

@@ -32,22 +32,16 @@ from flask_gateway_obs.resilience import breaker as breaker_module
 from flask_gateway_obs.resilience.breaker import CallTimeoutError, CircuitBreaker
 from flask_gateway_obs.testing import capture_logs, metric_value
 
-from .conftest import MakeApp, RedisServer
+from .conftest import MakeApp, ManualClock, RedisServer
 
 BREAKER_LOGGER = "flask_gateway_obs.breaker"
 
 
-class Clock:
-    """Wall-clock seconds, moved by hand."""
+class Clock(ManualClock):
+    """Wall-clock seconds (whole seconds go to Redis), moved by hand."""
 
     def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(now)
 
 
 class Dependency:

@@ -32,7 +32,7 @@ from flask_gateway_obs.health import (
 )
 from flask_gateway_obs.testing import capture_logs
 
-from .conftest import MakeApp, RedisServer, free_port
+from .conftest import MakeApp, ManualClock, RedisServer, free_port
 
 #: Most tests look at custom or network checks only.
 QUIET = {Keys.HEALTH_CHECK_MEMORY: False, Keys.HEALTH_CHECK_DISK: False}
@@ -40,17 +40,7 @@ QUIET = {Keys.HEALTH_CHECK_MEMORY: False, Keys.HEALTH_CHECK_DISK: False}
 MARGIN = 0.6
 
 
-class FakeClock:
-    """The cache's clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+FakeClock = ManualClock
 
 
 class RecordingRecorder(Recorder):

@@ -27,21 +27,13 @@ from flask_gateway_obs.ratelimit import (
 )
 from flask_gateway_obs.testing import capture_logs, metric_value
 
+from .conftest import ManualClock
+
 ITEM_ROUTE = "/items/<int:item_id>"
 CLIENT = {"REMOTE_ADDR": "192.0.2.7"}
 
 
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+FakeClock = ManualClock
 
 
 class RecordingRecorder(Recorder):
