@@ -360,6 +360,11 @@ class _ClosingBody:
                 chunk = next(chunks)
             except StopIteration:
                 return
+            except Exception as error:
+                # The status is sent already; the error still reaches the log, the
+                # metrics and Sentry, once, with the request's ID.
+                errors.report_escaped(self.state, error)
+                raise
             finally:
                 current_request.reset(token)
             yield chunk

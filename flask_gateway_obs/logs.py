@@ -174,15 +174,29 @@ class Redactor:
         return _safe_repr(value)
 
 
-# The password runs to the last "@" of the authority: drivers accept an unencoded "@" in it.
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^/\s]+@")
+# Credentials in a URL: with a password, everything up to the last "@" of the line is
+# masked (drivers accept unencoded "@", "/" and spaces in it, so over-masking is the safe
+# side); a user name alone (often a token: https://TOKEN@host) is masked whole.
+_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<password>[^\n]*)@"
+)
+_URL_USER = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^:@/\s]+@")
 
 
 def mask_url_credentials(text: str) -> str:
-    """``postgresql://user:pass@host`` -> ``postgresql://user:***@host``."""
-    if "://" not in text:
+    """``postgresql://user:pass@host`` -> ``postgresql://user:***@host``;
+    ``https://token@host`` -> ``https://***@host``."""
+    if "://" not in text or "@" not in text:
         return text
-    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    text = _URL_PASSWORD.sub(_masked_password, text)
+    return _URL_USER.sub(r"\g<scheme>***@", text)
+
+
+def _masked_password(match: re.Match[str]) -> str:
+    # With an empty password the user name is the secret (a token): mask it instead.
+    if match["password"]:
+        return f"{match['scheme']}{match['user']}:***@"
+    return f"{match['scheme']}***:@"
 
 
 def _safe_repr(value: Any) -> str:

@@ -37,8 +37,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _reset_global_state() -> Iterator[None]:
-    """Each test starts with no request context and leaves root logging as it found it."""
+def _reset_global_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no request context and no Sentry settings from the
+    environment, and leaves root logging as it found it."""
+    for name in ("SENTRY_DSN", "SENTRY_ENVIRONMENT", "SENTRY_RELEASE"):
+        monkeypatch.delenv(name, raising=False)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     current_request.set(None)

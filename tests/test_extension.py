@@ -317,3 +317,27 @@ def test_apps_made_by_a_factory_are_not_kept_alive(make_app) -> None:
         obs.init_app(Flask("short-lived"))
     gc.collect()
     assert obs._states == []
+
+
+def test_an_error_while_a_body_streams_is_reported_once(make_app, capsys) -> None:
+    """A generator that fails mid-stream is logged (with the request ID) and re-raised."""
+    app = make_app()
+    seen: list[Any] = []
+    app.extensions["gateway_obs"].error_listeners.append(seen.append)
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def chunks() -> Any:
+            yield b"a"
+            raise ValueError("mid-stream")
+
+        return Response(chunks())
+
+    response = app.test_client().get("/stream", buffered=False, headers={"X-Request-ID": "ms-1"})
+    with pytest.raises(ValueError, match="mid-stream"):
+        b"".join(response.response)  # type: ignore[arg-type]
+    response.close()
+    assert [type(info.error) for info in seen] == [ValueError]
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    error = next(r for r in records if r["level"] == "error")
+    assert (error["request_id"], error["exc_type"]) == ("ms-1", "ValueError")

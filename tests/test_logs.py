@@ -406,8 +406,19 @@ def test_formatters_never_raise_on_odd_records() -> None:
 
 def test_helpers_mask_and_escape() -> None:
     """URL credentials are masked; control characters escaped."""
-    assert mask_url_credentials("redis://:pw@h:6379/0 and postgresql://u:p@db/x") == (
-        "redis://:***@h:6379/0 and postgresql://u:***@db/x"
+    assert mask_url_credentials("redis://:pw@h:6379/0\npostgresql://u:p@db/x") == (
+        "redis://:***@h:6379/0\npostgresql://u:***@db/x"
+    )
+    # Unencoded "@", "/" and spaces in a password, and a token as the user name.
+    for url, masked in [
+        ("postgresql://app:SEK/RET@db/orders", "postgresql://app:***@db/orders"),
+        ("redis://:pa ss@host", "redis://:***@host"),
+        ("https://TOKEN123@github.example/x", "https://***@github.example/x"),
+        ("ftp://SEKRET:@host/", "ftp://***:@host/"),
+    ]:
+        assert mask_url_credentials(url) == masked
+    assert mask_url_credentials("see https://example.com/a and me@x.org") == (
+        "see https://example.com/a and me@x.org"
     )
     assert mask_url_credentials("redis://:p@ss@host:6379/0") == "redis://:***@host:6379/0"
     assert escape_control("a\nb\rc\x00d\u2028") == "a\\nb\\rc\\x00d\\u2028"
