@@ -777,7 +777,7 @@ class Settings:
         "METRICS_NAMESPACE",
         None,
         _optional(_metric_name),
-        "a metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)",
+        "a metric name prefix: ASCII letters, digits and underscores, not starting with a digit",
         "prefix of every metric name, joined with ``_``",
     )
     metrics_buckets: tuple[float, ...] = _setting(

@@ -34,3 +34,17 @@ def test_readme_names_the_two_commands() -> None:
         assert f"``make {target}``" in readme
         assert f"\n{target}:" in makefile
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_readme_is_valid_restructuredtext() -> None:
+    """The README renders without a single docutils warning (PyPI refuses broken RST)."""
+    import io
+
+    import docutils.core
+
+    warnings = io.StringIO()
+    docutils.core.publish_doctree(
+        (ROOT / "README.rst").read_text(),
+        settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5},
+    )
+    assert warnings.getvalue() == ""
