@@ -467,7 +467,9 @@ class GatewayObs:
 
         sentry.init_app(app, state)
         if state.request_gates:
-            app.before_request_funcs.setdefault(None, []).insert(0, state.run_gates)
+            # Appended, as Flask-Limiter does: a user's hooks registered before init_app
+            # (one that sets g.user for a key function) run first.
+            app.before_request(state.run_gates)
         if state.response_hooks:
             app.after_request(state.run_response_hooks)
         app.wsgi_app = ObsMiddleware(state, app.wsgi_app)  # type: ignore[method-assign]
