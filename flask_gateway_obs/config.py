@@ -326,6 +326,21 @@ _SENTRY_MANAGED = frozenset(
 )
 
 
+#: What ``GATEWAY_OBS_SENTRY_DSN`` becomes when set to switch Sentry off explicitly.
+SENTRY_OFF = "off"
+_SENTRY_OFF_WORDS = frozenset({"", "off", "false", "none", "disabled"})
+
+
+def _sentry_dsn(value: Any) -> str | None:
+    # None: unset (the SENTRY_DSN environment variable applies); "" / "off" / False: off,
+    # whatever the environment says (sentry_sdk.init(dsn="") means the same).
+    if value is None:
+        return None
+    if value is False or (isinstance(value, str) and value.strip().lower() in _SENTRY_OFF_WORDS):
+        return SENTRY_OFF
+    return str(_url("http", "https")(value))
+
+
 def _sentry_options(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         try:
@@ -827,10 +842,11 @@ class Settings:
     sentry_dsn: str | None = _setting(
         "SENTRY_DSN",
         None,
-        _optional(_url("http", "https")),
-        "a Sentry DSN (https://key@host/project-id)",
+        _sentry_dsn,
+        "a Sentry DSN (https://key@host/project-id), or '' / 'off' / False to switch Sentry off",
         "where errors are reported; unset: the ``SENTRY_DSN`` environment variable, "
-        "and without either Sentry stays off",
+        "and without either Sentry stays off; ``''`` or ``'off'`` keeps it off even when "
+        "``SENTRY_DSN`` is set",
     )
     sentry_environment: str | None = _setting(
         "SENTRY_ENVIRONMENT",
@@ -941,6 +957,22 @@ class Settings:
         "a dict (or JSON object) of further sentry_sdk.init options, not those set here",
         "passed to ``sentry_sdk.init`` (``integrations`` are added to ours)",
     )
+    sentry_repeat_interval: float = _setting(
+        "SENTRY_REPEAT_INTERVAL",
+        60.0,
+        _non_negative_float,
+        "a number of seconds >= 0",
+        "an operational 5xx (same route, code and status) is reported at most once per this "
+        "many seconds; the repeats in between are counted in the next report; 0 reports each",
+    )
+    sentry_traces_follow_parent: bool = _setting(
+        "SENTRY_TRACES_FOLLOW_PARENT",
+        False,
+        _bool,
+        "a boolean",
+        "follow the sampling decision of an incoming ``sentry-trace`` header; off, a caller "
+        "cannot force its requests to be traced",
+    )
     # resilience
     breaker_fail_max: int = _setting(
         "BREAKER_FAIL_MAX",
@@ -968,8 +1000,7 @@ class Settings:
         1,
         _int(1),
         "an integer >= 1",
-        "trial calls a half-open breaker lets through at once (per process); "
-        "the others fail fast",
+        "trial calls a half-open breaker lets through at once (per process); the others fail fast",
     )
     breaker_timeout: float | None = _setting(
         "BREAKER_TIMEOUT",
@@ -1208,6 +1239,8 @@ class Keys:
     SENTRY_SHUTDOWN_TIMEOUT = PREFIX + "SENTRY_SHUTDOWN_TIMEOUT"
     SENTRY_BEFORE_SEND = PREFIX + "SENTRY_BEFORE_SEND"
     SENTRY_OPTIONS = PREFIX + "SENTRY_OPTIONS"
+    SENTRY_REPEAT_INTERVAL = PREFIX + "SENTRY_REPEAT_INTERVAL"
+    SENTRY_TRACES_FOLLOW_PARENT = PREFIX + "SENTRY_TRACES_FOLLOW_PARENT"
     # resilience
     BREAKER_FAIL_MAX = PREFIX + "BREAKER_FAIL_MAX"
     BREAKER_RESET_TIMEOUT = PREFIX + "BREAKER_RESET_TIMEOUT"
