@@ -174,11 +174,13 @@ class Redactor:
         return _safe_repr(value)
 
 
-# Credentials in a URL: with a password, everything up to the last "@" of the line is
-# masked (drivers accept unencoded "@", "/" and spaces in it, so over-masking is the safe
-# side); a user name alone (often a token: https://TOKEN@host) is masked whole.
+# Credentials in a URL: with a password, everything up to the last "@" before the line
+# ends or another URL starts is masked (drivers accept unencoded "@", "/" and spaces in
+# it, so over-masking is the safe side); a user name alone (often a token:
+# https://TOKEN@host) is masked whole.
 _URL_PASSWORD = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<password>[^\n]*)@"
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):"
+    r"(?P<password>(?:(?![A-Za-z][A-Za-z0-9+.-]*://)[^\n])*)@"
 )
 _URL_USER = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^:@/\s]+@")
 

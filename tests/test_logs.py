@@ -417,6 +417,9 @@ def test_helpers_mask_and_escape() -> None:
         ("ftp://SEKRET:@host/", "ftp://***:@host/"),
     ]:
         assert mask_url_credentials(url) == masked
+    assert mask_url_credentials("a postgresql://u:p@db/x b https://tok@git.example/r") == (
+        "a postgresql://u:***@db/x b https://***@git.example/r"
+    )
     assert mask_url_credentials("see https://example.com/a and me@x.org") == (
         "see https://example.com/a and me@x.org"
     )
