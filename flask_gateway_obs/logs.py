@@ -176,8 +176,8 @@ class Redactor:
 
 # Credentials in a URL: with a password, everything up to the last "@" before the line
 # ends or another URL starts is masked (drivers accept unencoded "@", "/" and spaces in
-# it, so over-masking is the safe side); a user name alone (often a token:
-# https://TOKEN@host) is masked whole.
+# it, so over-masking is the safe side); a user name alone that looks like a token
+# (https://ghp_x1y2z3@host) is masked whole.
 _URL_PASSWORD = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):"
     r"(?P<password>(?:(?![A-Za-z][A-Za-z0-9+.-]*://)[^\n])*)@"
@@ -187,11 +187,20 @@ _URL_USER = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^:@/\s]+@")
 
 def mask_url_credentials(text: str) -> str:
     """``postgresql://user:pass@host`` -> ``postgresql://user:***@host``;
-    ``https://token@host`` -> ``https://***@host``."""
+    ``https://tok3n@host`` -> ``https://***@host``; ``postgresql://postgres@host`` stays."""
     if "://" not in text or "@" not in text:
         return text
     text = _URL_PASSWORD.sub(_masked_password, text)
-    return _URL_USER.sub(r"\g<scheme>***@", text)
+    return _URL_USER.sub(_masked_user, text)
+
+
+def _masked_user(match: re.Match[str]) -> str:
+    # A user name alone is kept when it reads as a name (postgres, git); one that looks
+    # like a token (long, or with digits) is masked.
+    user = match[0][len(match["scheme"]) : -1]
+    if len(user) >= 16 or any(c.isdigit() for c in user):
+        return f"{match['scheme']}***@"
+    return match[0]
 
 
 def _masked_password(match: re.Match[str]) -> str:

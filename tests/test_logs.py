@@ -415,9 +415,11 @@ def test_helpers_mask_and_escape() -> None:
         ("redis://:pa ss@host", "redis://:***@host"),
         ("https://TOKEN123@github.example/x", "https://***@github.example/x"),
         ("ftp://SEKRET:@host/", "ftp://***:@host/"),
+        ("https://ghp_abcdefghijklmnop@host/", "https://***@host/"),
+        ("postgresql://postgres@db/x", "postgresql://postgres@db/x"),
     ]:
         assert mask_url_credentials(url) == masked
-    assert mask_url_credentials("a postgresql://u:p@db/x b https://tok@git.example/r") == (
+    assert mask_url_credentials("a postgresql://u:p@db/x b https://t0k@git.example/r") == (
         "a postgresql://u:***@db/x b https://***@git.example/r"
     )
     assert mask_url_credentials("see https://example.com/a and me@x.org") == (
