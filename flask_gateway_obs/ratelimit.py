@@ -3,8 +3,10 @@
 Each app gets its own :class:`GatewayLimiter` (a :class:`flask_limiter.Limiter`), kept
 at ``state.limiter``, so two apps never share counters or settings by accident.
 ``obs.limiter`` is that app's limiter inside an app context; outside one (at import
-time, in a module of blueprints) it is a :class:`DeferredLimiter` whose decorators
-apply to every app the ``GatewayObs`` object sets up.
+time, in a module of blueprints) it is a :class:`DeferredLimiter`. Either way ``limit``
+and ``shared_limit`` return decorators that find the limiter of the app serving the view
+when it is called, and limits and exemptions of a blueprint reach only the apps it is
+registered on.
 
 What the extension adds to Flask-Limiter, whose ``RATELIMIT_*`` keys keep their meaning:
 
@@ -27,12 +29,13 @@ import logging
 import math
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Request, Response, current_app, has_app_context, request
-from flask.globals import _cv_request
+from flask.globals import _cv_app, _cv_request
 from flask_limiter import (
     ApplicationLimit,
     ExemptionScope,
@@ -41,6 +44,7 @@ from flask_limiter import (
     Limiter,
     RateLimitExceeded,
     RequestLimit,
+    RouteLimit,
 )
 from flask_limiter._extension import LimiterContext
 from flask_limiter._limits import RuntimeLimit
@@ -57,6 +61,9 @@ from .labels import UNMATCHED_ROUTE
 from .logs import LOGGER_NAME, mask_url_credentials
 
 if TYPE_CHECKING:
+    from flask.sansio.app import App
+    from flask.sansio.blueprints import BlueprintSetupState
+
     from .extension import GatewayObs, ObsState
 
 __all__ = [
@@ -75,9 +82,18 @@ ERROR_SOURCE = "ratelimit"
 FIRST_PROBE_DELAY = 0.5
 #: While the storage stays down, the warning is repeated at most this often (seconds).
 REMINDER_INTERVAL = 60.0
+#: A storage that fails again within this many seconds of its return is flapping: the
+#: back-off goes on from where it was and the in-memory counts of the outage are kept.
+FLAP_WINDOW = 60.0
 
 _EXTENSION_KEY = "gateway_obs"  # extension.EXTENSION_KEY, without importing it at import time
 _DEFERRED_ATTR = "_gateway_obs_deferred_limits"
+_EXEMPT_ATTR = "_gateway_obs_exempt"  # exemption flags of a view function, for every app
+_BLUEPRINT_ATTR = "_gateway_obs_rate_limits"  # what a blueprint asks of each app's limiter
+_SENTINEL_SCHEMES = frozenset({"redis+sentinel", "valkey+sentinel"})
+#: Flask-Limiter's breach line, which carries the client key (an address, an API token).
+_KEYED_BREACH_LINE = "ratelimit %s (%s) exceeded at endpoint: %s"
+_BREACH_LINE = "ratelimit %s exceeded at endpoint: %s"
 _CONTEXT_ATTR = "_limiter_request_context"  # where Flask-Limiter keeps its per-request state
 _DEFAULT_EXEMPTION = ExemptionScope.APPLICATION | ExemptionScope.DEFAULT | ExemptionScope.META
 _REDIS_SCHEMES = frozenset(
@@ -442,12 +458,21 @@ class GatewayLimiter(Limiter):
     ``on_breach``, meta limits) and Flask-Limiter's own fallback, ``swallow_errors``
     and request identifiers keep Flask-Limiter's path.
 
+    ``limit`` and ``shared_limit`` return the extension's decorators, which find the
+    limiter of the app serving the request when the view is called (a view can be
+    served by several apps, and a limiter never outlives its app's use of it); used as a
+    context manager, they limit a block inside a view, as Flask-Limiter documents it.
+
     :param state: the app's extension state (settings, recorder, internal paths).
     :param key_func: the default key function (who a limit counts).
+    :param obs: the extension object that set the app up (its other apps share blueprints).
     :param options: keyword arguments for :class:`flask_limiter.Limiter`.
     """
 
-    def __init__(self, state: ObsState, key_func: KeyFunc, **options: Any) -> None:
+    def __init__(
+        self, state: ObsState, key_func: KeyFunc, *, obs: GatewayObs | None = None, **options: Any
+    ) -> None:
+        self._obs = obs
         # The fast path's plans, per endpoint and method, dropped when the limits change.
         self._plans_lock = threading.Lock()
         self._generation = 0
@@ -462,6 +487,7 @@ class GatewayLimiter(Limiter):
         super().__init__(key_func, **options)
         self.limit_manager = _TrackedLimitManager(self.limit_manager, self._limits_changed)
         _drop_duplicate_null_handlers(self.logger)
+        _drop_client_keys(self.logger)
         self._state = state
         self._internal_paths = state.internal_paths
         settings = state.settings
@@ -482,6 +508,7 @@ class GatewayLimiter(Limiter):
         self._down_since = 0.0
         self._next_probe = 0.0
         self._probe_delay = FIRST_PROBE_DELAY
+        self._flap_until = -math.inf  # until then a new failure continues the last outage
         self._next_reminder = -math.inf
         self._outage_logged = False
         self._lock = threading.Lock()
@@ -515,7 +542,7 @@ class GatewayLimiter(Limiter):
         self._limit_header = mapping[HeaderNames.LIMIT]
         self._remaining_header = mapping[HeaderNames.REMAINING]
         self._reset_header = mapping[HeaderNames.RESET]
-        self._headers_on = bool(self.enabled and self._headers_enabled and mapping)
+        self._headers_on = bool(self._headers_enabled and mapping)
         # Flask-Limiter's default identity is the endpoint; another one keeps its path.
         self._identity = self._request_identifier if own_identity else None
         if type(storage) is MemoryStorage:
@@ -595,8 +622,15 @@ class GatewayLimiter(Limiter):
             if first:
                 self._down = True
                 self._down_since = now
-                self._probe_delay = FIRST_PROBE_DELAY
-                self._next_probe = now + min(FIRST_PROBE_DELAY, self.max_probe_interval)
+                if now < self._flap_until:
+                    # Back soon after it returned: the same trouble. Waiting as after a
+                    # failed probe, and counting on from the outage's in-memory counts,
+                    # keeps a flapping storage from resetting the limits at every return.
+                    self._probe_delay = min(self._probe_delay * 2, self.max_probe_interval)
+                else:
+                    self._probe_delay = FIRST_PROBE_DELAY
+                    self._fallback = None  # a new outage counts from zero
+                self._next_probe = now + min(self._probe_delay, self.max_probe_interval)
             elif probe:
                 self._probe_delay = min(self._probe_delay * 2, self.max_probe_interval)
                 self._next_probe = now + self._probe_delay
@@ -639,8 +673,8 @@ class GatewayLimiter(Limiter):
                 return
             error: BaseException | None = None
             try:
-                healthy = bool(self.storage.check())
-            except Exception as exc:  # some storages raise instead of answering False
+                healthy = self._probe_storage()
+            except Exception as exc:
                 healthy, error = False, exc
             if healthy:
                 self._recovered()
@@ -649,11 +683,22 @@ class GatewayLimiter(Limiter):
         finally:
             self._probe_lock.release()
 
+    def _probe_storage(self) -> bool:
+        """Whether the storage takes a write: answering (a ``PING``) is not enough, a
+        read-only replica, a Redis out of memory or an ACL that refuses writes answers
+        and fails every hit."""
+        prefix = f"{self._key_prefix}/" if self._key_prefix else ""
+        # limits' own increment (on Redis, its script), on a key no client has, for a second.
+        self.storage.incr(f"LIMITER/{prefix}gateway-obs-storage-probe", 1)
+        return True
+
     def _recovered(self) -> None:
         now = self.clock()
         with self._lock:
             self._down = False
-            self._fallback = None  # its counts are not carried into a later outage
+            # The outage's in-memory counts (and the back-off) are kept for FLAP_WINDOW,
+            # in case the storage fails again; then dropped (_forget_outage).
+            self._flap_until = now + FLAP_WINDOW
             down_for = now - self._down_since
             logged, self._outage_logged = self._outage_logged, False
         if not logged:
@@ -665,6 +710,10 @@ class GatewayLimiter(Limiter):
                 "down_seconds": round(down_for, 3),
             },
         )
+
+    def _forget_outage(self) -> None:
+        if self.clock() >= self._flap_until:
+            self._fallback = None
 
     def _unavailable(self) -> ServiceUnavailableError:
         return ServiceUnavailableError(
@@ -678,6 +727,8 @@ class GatewayLimiter(Limiter):
     def _check_request_limit(
         self, callable_name: str | None = None, in_middleware: bool = True
     ) -> None:
+        if not self.enabled:  # Flask-Limiter's switch, which an app may flip at run time
+            return
         ctx = _cv_request.get(None)
         if ctx is None:  # outside a request: Flask-Limiter's own path says what that means
             super()._check_request_limit(callable_name, in_middleware)
@@ -693,6 +744,8 @@ class GatewayLimiter(Limiter):
                 self._bind_views(app)
         if self._down:
             self._maybe_probe()
+        elif self._fallback is not None:
+            self._forget_outage()
         try:
             if self._down or not self._fast_check(ctx, req, callable_name, in_middleware):
                 super()._check_request_limit(callable_name, in_middleware)
@@ -729,7 +782,7 @@ class GatewayLimiter(Limiter):
 
     def _after_request(self, response: Response) -> Response:
         ctx = _cv_request.get(None)
-        if ctx is None:
+        if ctx is None or not self.enabled:
             return response
         state = ctx.__dict__
         record: _Checked | None = state.get(self._record_attr)
@@ -900,9 +953,8 @@ class GatewayLimiter(Limiter):
                 count, reset = None, 0.0
             hits.append((client, count, reset))
             if not allowed:
-                self.logger.info(
-                    "ratelimit %s (%s) exceeded at endpoint: %s", rule.item, raw, rule.scope
-                )
+                # Flask-Limiter's line, without the client key (see _DropClientKey).
+                self.logger.info(_BREACH_LINE, rule.item, rule.scope)
                 failed.append(index)
                 if self._fail_on_first_breach:
                     break
@@ -1083,7 +1135,19 @@ class GatewayLimiter(Limiter):
         headers.add(self._remaining_header, str(remaining))
         headers.add(self._reset_header, str(int(reset + 1)))
 
-    # --- views decorated before the app existed ------------------------------------------
+    # --- decorators: the app is found when the view is called ----------------------------
+
+    def limit(  # type: ignore[override]
+        self, limit_value: str | Callable[[], str], **kwargs: Any
+    ) -> _Decoration:
+        """Like :meth:`flask_limiter.Limiter.limit`; the view finds its app's limiter per call."""
+        return _Decoration(self._obs, "limit", (limit_value,), kwargs)
+
+    def shared_limit(  # type: ignore[override]
+        self, limit_value: str | Callable[[], str], scope: str | Callable[[str], str], **kwargs: Any
+    ) -> _Decoration:
+        """Like :meth:`flask_limiter.Limiter.shared_limit`; the app is found per call."""
+        return _Decoration(self._obs, "shared_limit", (limit_value, scope), kwargs)
 
     def _bind_views(self, app: Flask) -> None:
         with self._views_lock:
@@ -1091,6 +1155,9 @@ class GatewayLimiter(Limiter):
                 deferred = getattr(view, _DEFERRED_ATTR, None)
                 if isinstance(deferred, _DeferredLimits):
                     self.bound_view(deferred)
+                flags = getattr(view, _EXEMPT_ATTR, None)
+                if isinstance(flags, ExemptionScope):
+                    Limiter.exempt(self, view, flags=flags)
             self._view_count = len(app.view_functions)
         self._limits_changed()  # routes came or went
 
@@ -1172,27 +1239,69 @@ def _drop_duplicate_null_handlers(logger: logging.Logger) -> None:
         logger.removeHandler(handler)
 
 
-# --- decorators usable before any app exists -------------------------------------------------
+class _DropClientKey(logging.Filter):
+    """Takes the client key out of Flask-Limiter's breach line before any handler sees it.
+
+    The key is whatever the key function returns: an address, often an API token or a
+    user ID, which must not end up in logs on every breach. The line keeps the limit and
+    the endpoint; the extension's own breach record carries the route and request ID.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == _KEYED_BREACH_LINE and isinstance(args, tuple) and len(args) == 3:
+            record.msg = _BREACH_LINE
+            record.args = (args[0], args[2])
+        return True
+
+
+def _drop_client_keys(logger: logging.Logger) -> None:
+    """Install :class:`_DropClientKey` on Flask-Limiter's logger, once."""
+    if not any(isinstance(f, _DropClientKey) for f in logger.filters):
+        logger.addFilter(_DropClientKey())
+
+
+# --- decorators that find the app's limiter when they are used --------------------------------
+
+
+_NO_VIEWS: dict[Any, Any] = {}
+
+
+def _limiter_of(app: App) -> Limiter | None:
+    limiter = getattr(app.extensions.get(_EXTENSION_KEY), "limiter", None)
+    return limiter if isinstance(limiter, Limiter) else None
 
 
 class _Decoration:
-    """``limit(...)`` or ``shared_limit(...)`` as asked of the deferred limiter."""
+    """``limit(...)`` or ``shared_limit(...)``: a decorator for views and blueprints, and a
+    context manager inside a view, that finds the app's limiter when it is needed.
+
+    On a view: one wrapper, which each app serving the view binds to its own limiter at
+    the first call (:meth:`GatewayLimiter.bound_view`). On a blueprint: a limit of every
+    app the blueprint is registered on, and of no other. In a ``with`` block: Flask-Limiter's
+    context manager on the limiter of the app serving the request.
+    """
 
     def __init__(
-        self, owner: DeferredLimiter, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        obs: GatewayObs | None,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> None:
-        self.owner = owner
+        self.obs = obs
         self.method = method
         self.args = args
         self.kwargs = kwargs
 
-    def apply(self, limiter: Limiter) -> Any:
-        """The same decorator, from a real limiter."""
-        return getattr(limiter, self.method)(*self.args, **self.kwargs)
+    def apply(self, limiter: Limiter) -> RouteLimit:
+        """The same decorator, from ``limiter`` (Flask-Limiter's own)."""
+        route_limit: RouteLimit = getattr(Limiter, self.method)(limiter, *self.args, **self.kwargs)
+        return route_limit
 
     def __call__(self, obj: Any) -> Any:
         if isinstance(obj, Blueprint):
-            self.owner.eagerly(lambda limiter: self.apply(limiter)(obj))
+            _for_blueprint(obj, lambda limiter: self.apply(limiter)(obj), self.obs)
             return None
         deferred = getattr(obj, _DEFERRED_ATTR, None)
         if isinstance(deferred, _DeferredLimits):
@@ -1203,57 +1312,163 @@ class _Decoration:
 
         @functools.wraps(obj)
         def view(*args: Any, **kwargs: Any) -> Any:
+            ctx = _cv_app.get(None)
+            if ctx is not None:  # the common case first: bound to this app's limiter already
+                limiter = getattr(ctx.app.extensions.get(_EXTENSION_KEY), "limiter", None)
+                bound = getattr(limiter, "_views", _NO_VIEWS).get(deferred)
+                if bound is not None:
+                    return bound(*args, **kwargs)
             return deferred.call(args, kwargs)
 
         setattr(view, _DEFERRED_ATTR, deferred)
         return view
 
+    def __enter__(self) -> None:
+        # Flask-Limiter's RouteLimit.__enter__, on the limiter of the app serving the
+        # request, naming the block after the ``with`` line (the caller), not this frame.
+        limiter = _limiter_of(current_app)
+        if limiter is None or not (limiter.enabled and limiter.initialized):
+            return
+        caller = traceback.extract_stack(limit=2)[0]
+        location = f"{caller.filename}:{caller.name}:{caller.lineno}"
+        manager = limiter.limit_manager
+        manager.add_decorated_limit(location, self.apply(limiter), override=True)
+        manager.add_endpoint_hint(limiter.identify_request(), location)
+        limiter._check_request_limit(in_middleware=False, callable_name=location)
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
 
 class _DeferredLimits:
-    """A view function and the limits declared on it before any app existed."""
+    """A view function and the limits declared on it, for whichever app serves it."""
 
     def __init__(self, original: Callable[..., Any], decorations: list[_Decoration]) -> None:
         self.original = original
         self.decorations = decorations
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        limiter = getattr(current_app.extensions.get(_EXTENSION_KEY), "limiter", None)
+        """Call the view as the current app's limiter decorates it (binding it if new)."""
+        ctx = _cv_app.get(None)
+        app = ctx.app if ctx is not None else current_app  # (outside an app: Flask's error)
+        limiter = getattr(app.extensions.get(_EXTENSION_KEY), "limiter", None)
         if isinstance(limiter, GatewayLimiter):
             return limiter.bound_view(self)(*args, **kwargs)
-        return current_app.ensure_sync(self.original)(*args, **kwargs)
+        return app.ensure_sync(self.original)(*args, **kwargs)
+
+
+def _for_blueprint(
+    bp: Blueprint, action: Callable[[Limiter], object], obs: GatewayObs | None
+) -> None:
+    """Run ``action`` on the limiter of each app ``bp`` is registered on, now and later.
+
+    The actions stay on the blueprint: an app gets them when the blueprint is registered
+    on it (or, registered before the extension, from ``init_app``), and only then.
+    """
+    actions: list[Callable[[Limiter], object]] | None = bp.__dict__.get(_BLUEPRINT_ATTR)
+    if actions is None:
+        actions = []
+        setattr(bp, _BLUEPRINT_ATTR, actions)
+        known = actions
+
+        def registered(setup: BlueprintSetupState) -> None:
+            if setup.first_registration:
+                limiter = _limiter_of(setup.app)
+                if isinstance(limiter, GatewayLimiter):
+                    for known_action in known:
+                        known_action(limiter)
+
+        if bp._got_registered_once:
+            # Flask's setup methods are closed once a blueprint is registered; apps that
+            # register it later must still get its limits.
+            bp.deferred_functions.append(registered)
+        else:
+            bp.record_once(registered)
+    actions.append(action)
+    if bp._got_registered_once and obs is not None:
+        for state in obs._states:
+            limiter = state.limiter
+            if isinstance(limiter, GatewayLimiter) and any(
+                registered_bp is bp for registered_bp in state.app.blueprints.values()
+            ):
+                action(limiter)
+
+
+def _apply_blueprint_limits(app: Flask, limiter: Limiter) -> None:
+    """Give a new limiter the limits and exemptions of blueprints registered before it."""
+    for bp in list(app.blueprints.values()):
+        for action in bp.__dict__.get(_BLUEPRINT_ATTR, ()):
+            action(limiter)
+
+
+class _InertLimiter(Limiter):
+    """The app's limiter with ``GATEWAY_OBS_RATELIMIT_ENABLED`` off: counts nothing. Its
+    decorators are the extension's, so a view still counts in another app that limits."""
+
+    def __init__(self, key_func: KeyFunc, obs: GatewayObs | None) -> None:
+        super().__init__(key_func, enabled=False)
+        self._obs = obs
+
+    def limit(  # type: ignore[override]
+        self, limit_value: str | Callable[[], str], **kwargs: Any
+    ) -> _Decoration:
+        """Like :meth:`flask_limiter.Limiter.limit`; the view finds its app's limiter per call."""
+        return _Decoration(self._obs, "limit", (limit_value,), kwargs)
+
+    def shared_limit(  # type: ignore[override]
+        self, limit_value: str | Callable[[], str], scope: str | Callable[[str], str], **kwargs: Any
+    ) -> _Decoration:
+        """Like :meth:`flask_limiter.Limiter.shared_limit`; the app is found per call."""
+        return _Decoration(self._obs, "shared_limit", (limit_value, scope), kwargs)
 
 
 class DeferredLimiter:
-    """``obs.limiter`` outside an app context: decorators for every app of one ``GatewayObs``.
+    """``obs.limiter`` outside an app context, and wherever it is kept in a variable.
 
-    ``limit`` and ``shared_limit`` on a view wrap it once; each app builds the real
-    Flask-Limiter decorators for it on its own limiter, so two apps count apart even
-    when they share view functions. ``exempt``, ``request_filter`` and limits on a
-    blueprint are applied to every app set up so far and to every later one.
-    Any other attribute is the one app's limiter, when there is exactly one.
+    - ``limit`` and ``shared_limit`` on a view wrap it once; each app serving the view
+      builds the real Flask-Limiter decorators for it on its own limiter, at the first
+      call, so two apps count apart even when they share view functions. Used as a
+      context manager inside a view, they limit the block on the serving app's limiter.
+    - ``limit``, ``shared_limit`` and ``exempt`` on a blueprint apply to the apps the
+      blueprint is registered on, and to no other.
+    - ``exempt`` on a view function marks the function: every app serving it exempts it.
+    - ``request_filter`` inside an app context is that app's; outside one it is a filter
+      of every app this ``GatewayObs`` sets up, those already set up included.
+    - Any other attribute (``current_limit``, ``enabled``, ``reset``, ...) is the current
+      app's limiter; outside an app context, the one app's limiter, when there is
+      exactly one.
     """
 
     def __init__(self, obs: GatewayObs) -> None:
         self._obs = obs
-        self._actions: list[Callable[[Limiter], object]] = []
+        self._filters: list[Callable[[], bool]] = []
 
     def _limiters(self) -> list[Limiter]:
         return [s.limiter for s in self._obs._states if s.limiter is not None]
 
-    def eagerly(self, action: Callable[[Limiter], object]) -> None:
-        """Run ``action`` on every app's limiter, now and on each app set up later."""
-        self._actions.append(action)
-        for limiter in self._limiters():
-            action(limiter)
+    def _here(self, name: str) -> Limiter:
+        """The limiter ``name`` is asked of: the current app's, else the only app's."""
+        if has_app_context():
+            limiter = _limiter_of(current_app)
+            if limiter is None:
+                raise AttributeError(f"obs.limiter.{name}: the current app has no rate limiter")
+            return limiter
+        limiters = self._limiters()
+        if len(limiters) == 1:
+            return limiters[0]
+        raise AttributeError(
+            f"obs.limiter.{name} needs an app: outside an app context only limit, "
+            "shared_limit, exempt and request_filter work (use `with app.app_context():`)"
+        )
 
     def apply_to(self, limiter: Limiter) -> None:
-        """Give a new app's limiter everything declared so far."""
-        for action in self._actions:
-            action(limiter)
+        """Give a new app's limiter the request filters declared for every app."""
+        for fn in self._filters:
+            limiter.request_filter(fn)
 
     def limit(self, limit_value: str | Callable[[], str], **kwargs: Any) -> _Decoration:
-        """Like :meth:`flask_limiter.Limiter.limit`, for a view or a blueprint."""
-        return _Decoration(self, "limit", (limit_value,), kwargs)
+        """Like :meth:`flask_limiter.Limiter.limit`, for a view, a blueprint or a block."""
+        return _Decoration(self._obs, "limit", (limit_value,), kwargs)
 
     def shared_limit(
         self,
@@ -1261,38 +1476,54 @@ class DeferredLimiter:
         scope: str | Callable[[str], str],
         **kwargs: Any,
     ) -> _Decoration:
-        """Like :meth:`flask_limiter.Limiter.shared_limit`, for a view or a blueprint."""
-        return _Decoration(self, "shared_limit", (limit_value, scope), kwargs)
+        """Like :meth:`flask_limiter.Limiter.shared_limit`, for a view, a blueprint or a block."""
+        return _Decoration(self._obs, "shared_limit", (limit_value, scope), kwargs)
 
     def exempt(self, obj: Any = None, *, flags: ExemptionScope = _DEFAULT_EXEMPTION) -> Any:
-        """Like :meth:`flask_limiter.Limiter.exempt`, on every app."""
+        """Like :meth:`flask_limiter.Limiter.exempt`, in every app serving ``obj``."""
         if obj is None:
             return functools.partial(self.exempt, flags=flags)
-        self.eagerly(lambda limiter: limiter.exempt(obj, flags=flags))
+        if isinstance(obj, Blueprint):
+            bp = obj
+            _for_blueprint(bp, lambda limiter: Limiter.exempt(limiter, bp, flags=flags), self._obs)
+            return obj
+        setattr(obj, _EXEMPT_ATTR, flags)
+        for limiter in self._limiters():
+            if isinstance(limiter, GatewayLimiter):
+                limiter._view_count = -1  # looks at its views again at the next request
         return obj
 
     def request_filter(self, fn: Callable[[], bool]) -> Callable[[], bool]:
-        """Like :meth:`flask_limiter.Limiter.request_filter`, on every app."""
-        self.eagerly(lambda limiter: limiter.request_filter(fn))
+        """Like :meth:`flask_limiter.Limiter.request_filter`: the current app's, or, outside
+        an app context, every app's."""
+        if has_app_context():
+            limiter = _limiter_of(current_app)
+            if limiter is not None:
+                limiter.request_filter(fn)
+                return fn
+        if fn not in self._filters:
+            self._filters.append(fn)
+            for limiter in self._limiters():
+                limiter.request_filter(fn)
         return fn
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("_"):
             raise AttributeError(name)
-        limiters = self._limiters()
-        if len(limiters) == 1:
-            return getattr(limiters[0], name)
-        raise AttributeError(
-            f"obs.limiter.{name} needs an app: outside an app context only limit, "
-            "shared_limit, exempt and request_filter work (use `with app.app_context():`)"
-        )
+        return getattr(self._here(name), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:  # e.g. ``limiter.enabled = False``: the app's limiter's switch
+            setattr(self._here(name), name, value)
 
 
 def limiter_for(obs: GatewayObs) -> Limiter:
     """``obs.limiter``: the current app's limiter, else the deferred one."""
     if has_app_context():
-        limiter = getattr(current_app.extensions.get(_EXTENSION_KEY), "limiter", None)
-        if isinstance(limiter, Limiter):
+        limiter = _limiter_of(current_app)
+        if limiter is not None:
             return limiter
     if obs._limiter_facade is None:
         obs._limiter_facade = DeferredLimiter(obs)
@@ -1313,25 +1544,40 @@ def storage_uri(config: Any, redis_url: str | None) -> str:
     return "memory://"
 
 
+def storage_options(uri: str, timeout: float) -> dict[str, Any]:
+    """Our options for the storage at ``uri`` (``RATELIMIT_STORAGE_OPTIONS`` is merged over them).
+
+    Redis gets connect and read timeouts of ``timeout`` seconds. Through Sentinel the
+    connections to the sentinels get them too: limits gives the Sentinel client its own
+    ``sentinel_kwargs``, without which those connections would wait forever.
+    """
+    options: dict[str, Any] = {"wrap_exceptions": True}
+    scheme = urlsplit(uri).scheme
+    if scheme in _REDIS_SCHEMES:
+        timeouts = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+        options.update(timeouts)
+        if scheme in _SENTINEL_SCHEMES:
+            options["sentinel_kwargs"] = dict(timeouts)
+    return options
+
+
 def init_app(app: Flask, state: ObsState, obs: GatewayObs) -> None:
     """Create the app's limiter (``state.limiter``) and install it."""
     settings = state.settings
     key_func = settings.ratelimit_key_func or client_address(settings.trusted_proxies)
     if not settings.ratelimit_enabled:
         # Inert: decorators still work, nothing is counted, no hook is installed.
-        state.limiter = Limiter(key_func, enabled=False)
+        state.limiter = _InertLimiter(key_func, obs)
         _drop_duplicate_null_handlers(state.limiter.logger)
         return
     config = app.config
     uri = storage_uri(config, settings.redis_url)
-    options: dict[str, Any] = {"wrap_exceptions": True}
+    options = storage_options(uri, settings.ratelimit_storage_timeout)
     shared = urlsplit(uri).scheme != "memory"
-    if urlsplit(uri).scheme in _REDIS_SCHEMES:
-        options["socket_connect_timeout"] = settings.ratelimit_storage_timeout
-        options["socket_timeout"] = settings.ratelimit_storage_timeout
     limiter = GatewayLimiter(
         state,
         key_func,
+        obs=obs,
         # Given explicitly so that Flask-Limiter does not warn about a default it
         # did not choose; RATELIMIT_STORAGE_URI, when set, is what this is.
         storage_uri=uri,
@@ -1343,4 +1589,5 @@ def init_app(app: Flask, state: ObsState, obs: GatewayObs) -> None:
     state.limiter = limiter
     if obs._limiter_facade is not None:
         obs._limiter_facade.apply_to(limiter)
+    _apply_blueprint_limits(app, limiter)
     limiter.setup(app)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask, g, request
 from flask_limiter import Limiter
-from limits.storage import MemoryStorage, RedisStorage
+from limits.storage import MemoryStorage, RedisSentinelStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from flask_gateway_obs import ConfigError, GatewayObs, ServiceUnavailableError, ratelimit
@@ -27,7 +29,7 @@ from flask_gateway_obs.ratelimit import (
 )
 from flask_gateway_obs.testing import capture_logs, metric_value
 
-from .conftest import ManualClock
+from .conftest import ManualClock, free_port
 
 ITEM_ROUTE = "/items/<int:item_id>"
 CLIENT = {"REMOTE_ADDR": "192.0.2.7"}
@@ -215,9 +217,9 @@ def test_internal_endpoints_are_never_limited(make_app) -> None:
     state.add_internal_path("/internal/probe")
     add_routes(app)
     client = app.test_client()
+    internal = ["/health", "/health/live", "/health/ready", "/metrics", "/internal/probe"]
     served = {rule.rule for rule in app.url_map.iter_rules()}
-    internal = sorted(path for path in state.internal_paths if path in served)
-    assert "/internal/probe" in internal
+    assert set(internal) <= served
     for path in internal:
         for _ in range(4):
             response = client.get(path, environ_base=CLIENT)
@@ -245,6 +247,21 @@ def test_flask_limiter_keys_keep_their_meaning(make_app) -> None:
 
     off = add_routes(make_app({"RATELIMIT_ENABLED": False}), "1/minute")
     assert statuses(off.test_client(), "/items/1", 3) == [200, 200, 200]
+
+
+def test_limiter_enabled_switched_off_at_run_time_limits_nothing(make_app) -> None:
+    """limiter.enabled = False, Flask-Limiter's switch, turns every limit and header off at once."""
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "1/minute"}), "1/minute")
+    limiter = limiter_of(app)
+    client = app.test_client()
+    limiter.enabled = False
+    for path in ("/free", "/items/1"):
+        responses = [client.get(path, environ_base=CLIENT) for _ in range(3)]
+        assert [r.status_code for r in responses] == [200, 200, 200], path
+        assert "X-RateLimit-Limit" not in responses[-1].headers
+    limiter.enabled = True  # and back on: counting starts again
+    assert statuses(client, "/free", 2) == [200, 429]
+    assert statuses(client, "/items/1", 2) == [200, 429]
 
 
 def test_disabled_rate_limiting_limits_nothing(make_app) -> None:
@@ -305,7 +322,7 @@ def test_breach_is_counted_by_route_template_and_logged_with_the_request_id(make
     app = add_routes(make_app(), "1/minute")
     client = app.test_client()
     client.get("/items/1", environ_base=CLIENT)
-    with capture_logs("flask_gateway_obs.ratelimit") as logs:
+    with capture_logs() as logs:  # the root: every logger's records, Flask-Limiter's too
         refused = client.get("/items/1", environ_base=CLIENT, headers={"X-Request-ID": "rl-1"})
         other = client.get("/items/2", environ_base=CLIENT)  # same route: same count
     assert refused.status_code == 429 and other.status_code == 429
@@ -316,7 +333,43 @@ def test_breach_is_counted_by_route_template_and_logged_with_the_request_id(make
     assert first["level"] == "info" and first["request_id"] == "rl-1"
     assert first["route"] == ITEM_ROUTE and first["method"] == "GET"
     assert first["rate_limit"] == "1 per 1 minute" and first["retry_after"] >= 1
-    assert "192.0.2.7" not in json.dumps(records)  # the key (an address, maybe a token) stays out
+    limiter_lines = [r["message"] for r in logs.find(logger="flask-limiter")]
+    assert limiter_lines == ["ratelimit 1 per 1 minute exceeded at endpoint: item"] * 2
+    # The key (an address, maybe a token) stays out of every record but the access line's
+    # remote_addr, which is there by design.
+    not_access = [r for r in logs.records if r["logger"] != "flask_gateway_obs.access"]
+    assert not_access and "192.0.2.7" not in json.dumps(not_access)
+
+
+def secret_token() -> str:
+    """A key function whose key is a secret (an API token)."""
+    return request.headers.get("X-API-Key", "anonymous")
+
+
+@pytest.mark.parametrize("path", ["/free", "/dynamic"], ids=["fast-path", "flask-limiters-path"])
+def test_client_keys_reach_no_log_handler_on_a_breach(make_app, own_path_calls, path) -> None:
+    """Flask-Limiter's breach line names the limit and endpoint, never the client key."""
+    app = make_app({Keys.RATELIMIT_KEY_FUNC: secret_token, "RATELIMIT_DEFAULT": "1/minute"})
+
+    @app.get("/free")
+    def free() -> str:
+        return "free"
+
+    @app.get("/dynamic")
+    @limiter_of(app).limit(lambda: "1/minute")  # a callable limit: Flask-Limiter's own path
+    def dynamic() -> str:
+        return "dynamic"
+
+    client = app.test_client()
+    token = {"X-API-Key": "sk_live_SECRET123"}
+    with capture_logs() as logs:
+        assert statuses(client, path, 3, headers=token) == [200, 429, 429]
+    assert bool(own_path_calls) == (path == "/dynamic")
+    endpoint = path.strip("/")
+    assert [r["message"] for r in logs.find(logger="flask-limiter")] == [
+        f"ratelimit 1 per 1 minute exceeded at endpoint: {endpoint}"
+    ] * 2
+    assert "SECRET123" not in "\n".join(logs.lines)
 
 
 def test_breach_reports_to_the_recorder(make_app) -> None:
@@ -407,6 +460,30 @@ def test_key_function_can_be_set_by_import_string(make_app) -> None:
     assert get("k1", "192.0.2.1") == 200
     assert get("k1", "192.0.2.2") == 429  # same key from another address
     assert get("k2", "192.0.2.1") == 200
+
+
+def test_a_key_function_reads_what_a_hook_registered_before_init_app_set(make_app) -> None:
+    """A before-request hook registered before init_app runs before the limit check (g.user)."""
+    app = make_app(
+        {Keys.RATELIMIT_KEY_FUNC: lambda: g.user, "RATELIMIT_DEFAULT": "1/minute"}, init=False
+    )
+
+    @app.before_request
+    def authenticate() -> None:
+        g.user = request.headers.get("X-User", "anonymous")
+
+    GatewayObs(app)
+
+    @app.get("/me")
+    def me() -> str:
+        return str(g.user)
+
+    client = app.test_client()
+
+    def get(user: str) -> int:
+        return int(client.get("/me", headers={"X-User": user}, environ_base=CLIENT).status_code)
+
+    assert [get("u1"), get("u1"), get("u2")] == [200, 429, 200]
 
 
 # --- obs.limiter before and across apps ----------------------------------------------------------
@@ -530,6 +607,146 @@ def test_deferred_limiter_outside_an_app_context(make_app) -> None:
         obs.limiter.storage  # noqa: B018
 
 
+def test_a_limiter_kept_in_a_variable_works_in_the_views_of_two_apps(make_app) -> None:
+    """A limiter kept from import: with-blocks, current_limit and enabled reach the serving app."""
+    obs = GatewayObs()
+    limiter = obs.limiter  # kept, as `limiter = Limiter(...)` would be
+
+    @limiter.limit("2/minute")
+    def ping() -> dict[str, Any]:
+        current = limiter.current_limit
+        return {"remaining": current.remaining if current else None}
+
+    def inside() -> str:
+        with limiter.limit("1/minute"):
+            return "inside"
+
+    def create() -> Flask:
+        app = make_app(init=False)
+        obs.init_app(app)
+        app.add_url_rule("/ping", view_func=ping)
+        app.add_url_rule("/inside", view_func=inside)
+        return app
+
+    first, second = create(), create()  # two apps alive
+    for app in (first, second):
+        client = app.test_client()
+        pings = [client.get("/ping", environ_base=CLIENT) for _ in range(3)]
+        assert [r.status_code for r in pings] == [200, 200, 429]
+        assert [r.get_json() for r in pings[:2]] == [{"remaining": 1}, {"remaining": 0}]
+        assert statuses(client, "/inside", 2) == [200, 429]
+    with second.app_context():
+        limiter.enabled = False  # the serving app's switch, not an attribute of the variable
+    assert not limiter_of(second).enabled and limiter_of(first).enabled
+    assert statuses(second.test_client(), "/inside", 2) == [200, 200]
+    assert statuses(first.test_client(), "/inside", 1) == [429]
+
+
+def test_views_decorated_in_one_apps_context_count_in_the_app_serving_them(tmp_path) -> None:
+    """A view decorated inside app A's context counts in app B's storage, also once A is gone."""
+    obs = GatewayObs()
+
+    def create() -> Flask:
+        app = Flask("decorated-in-context", instance_path=str(tmp_path))
+        app.config["TESTING"] = True
+        obs.init_app(app)
+        return app
+
+    first = create()
+    with first.app_context():  # e.g. views imported inside the factory's app context
+
+        @obs.limiter.limit("1/minute")
+        def ping() -> str:
+            return "pong"
+
+    second = create()
+    second.add_url_rule("/ping", view_func=ping)
+    client = second.test_client()
+    assert statuses(client, "/ping", 2) == [200, 429]
+    assert memory_counts(limiter_of(second)) and not memory_counts(limiter_of(first))
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None
+    assert statuses(client, "/ping", 1) == [429]
+
+
+def blueprint_app(make_app: Callable[..., Flask], obs: GatewayObs, limit: str) -> Flask:
+    """An app of ``obs`` with a blueprint ``api`` (``/r``) of its own, limited to ``limit``."""
+    app = make_app(init=False)
+    obs.init_app(app)
+    bp = Blueprint("api", __name__)
+
+    @bp.get("/r")
+    def r() -> str:
+        return "r"
+
+    obs.limiter.limit(limit)(bp)  # outside an app context, as for views
+    app.register_blueprint(bp)
+    return app
+
+
+def test_blueprint_limits_apply_only_to_the_apps_the_blueprint_is_on(make_app) -> None:
+    """A blueprint limit declared in a factory reaches its own app, not later or earlier ones."""
+    obs = GatewayObs()
+    strict = blueprint_app(make_app, obs, "1/minute")
+    lenient = blueprint_app(make_app, obs, "100/minute")
+    assert statuses(lenient.test_client(), "/r", 3) == [200, 200, 200]
+    headers = lenient.test_client().get("/r", environ_base=CLIENT).headers
+    assert headers["X-RateLimit-Limit"] == "100"
+    assert statuses(strict.test_client(), "/r", 2) == [200, 429]
+    facade = obs._limiter_facade
+    assert facade is not None and facade._filters == []  # nothing kept per app
+
+
+def test_blueprint_limits_reach_apps_in_any_order_of_set_up(make_app) -> None:
+    """Registered before init_app, or limited after being registered: the limits still apply."""
+    obs = GatewayObs()
+    early, late, free = (Blueprint(name, __name__) for name in ("early", "late", "free"))
+    for bp in (early, late, free):
+        bp.add_url_rule(f"/{bp.name}", bp.name, lambda: "ok")
+    obs.limiter.limit("1/minute")(early)
+    obs.limiter.exempt(free)
+    app = make_app({"RATELIMIT_DEFAULT": "2/minute"}, init=False)
+    app.register_blueprint(early)
+    app.register_blueprint(free)
+    obs.init_app(app)
+    app.register_blueprint(late)
+    obs.limiter.limit("1/minute")(late)  # after it was registered
+    other = make_app({"RATELIMIT_DEFAULT": "2/minute"}, init=False)
+    obs.init_app(other)
+    other.register_blueprint(late)
+    client = app.test_client()
+    assert statuses(client, "/early", 2) == [200, 429]
+    assert statuses(client, "/late", 2) == [200, 429]
+    assert statuses(client, "/free", 4) == [200] * 4
+    assert statuses(other.test_client(), "/late", 2) == [200, 429]
+
+
+def test_request_filters_in_an_app_context_are_that_apps_own(make_app) -> None:
+    """A request filter declared in app A's context exempts requests of app A only."""
+    obs = GatewayObs()
+    limiter = obs.limiter
+
+    def create(secret: str) -> Flask:
+        app = make_app({"RATELIMIT_DEFAULT": "1/minute"}, init=False)
+        obs.init_app(app)
+        add_routes(app, "1/minute")
+        with app.app_context():
+
+            @limiter.request_filter
+            def internal() -> bool:
+                return request.headers.get("X-Secret") == secret
+
+        return app
+
+    create("a-secret")
+    second = create("b-secret")
+    client = second.test_client()
+    assert statuses(client, "/free", 3, headers={"X-Secret": "b-secret"}) == [200] * 3
+    assert statuses(client, "/free", 2, headers={"X-Secret": "a-secret"}) == [200, 429]
+
+
 # --- storage selection ---------------------------------------------------------------------
 
 
@@ -558,6 +775,28 @@ def test_redis_storage_gets_short_socket_timeouts_unless_the_app_sets_them(make_
 
     memory = make_app({Keys.REDIS_URL: url, "RATELIMIT_STORAGE_URI": "memory://"})
     assert isinstance(limiter_of(memory).storage, MemoryStorage)
+
+
+def test_sentinel_connections_get_the_socket_timeouts_too(make_app) -> None:
+    """redis+sentinel: the connections to the sentinels time out like those to Redis."""
+    from flask_gateway_obs.ratelimit import storage_options
+
+    uri = "redis+sentinel://127.0.0.1:1/mymaster"  # nothing listens: nothing connects
+    timeouts = {"socket_timeout": 0.2, "socket_connect_timeout": 0.2}
+    assert storage_options(uri, 0.2) == {
+        "wrap_exceptions": True,
+        **timeouts,
+        "sentinel_kwargs": timeouts,
+    }
+    assert "sentinel_kwargs" not in storage_options("redis://127.0.0.1:1/0", 0.2)
+    assert storage_options("memory://", 0.2) == {"wrap_exceptions": True}
+
+    app = make_app({"RATELIMIT_STORAGE_URI": uri, Keys.RATELIMIT_STORAGE_TIMEOUT: 0.2})
+    storage = limiter_of(app).storage
+    assert isinstance(storage, RedisSentinelStorage)
+    (sentinel,) = storage.sentinel.sentinels
+    kwargs = sentinel.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 0.2 and kwargs["socket_connect_timeout"] == 0.2
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -613,12 +852,12 @@ def test_redis_killed_mid_test_fails_open_then_shares_limits_again(
 
         clock.advance(0.6)  # first probe is due: Redis is still down
         assert statuses(client, "/free", 3) == [429, 429, 429]
-        assert sent == ["EVALSHA", "PING"]
+        assert sent == ["EVALSHA", "EVALSHA"]  # the probe is a write (limits' increment)
         assert len(recorder.errors) == 2 and len(logs.find(level="warning")) == 1
 
         redis_server.start()
         clock.advance(0.5)  # the back-off doubled to 1 s: not yet
-        assert statuses(client, "/free", 1) == [429] and sent[-1] == "PING"
+        assert statuses(client, "/free", 1) == [429] and len(sent) == 2
         clock.advance(0.6)
         assert statuses(client, "/free", 1) == [200]  # probe succeeds; counted in Redis again
         assert not limiter.storage_down
@@ -658,7 +897,7 @@ def test_fail_closed_answers_503_problem_json_while_redis_is_down(
     redis_server.start()
     clock.advance(0.6)
     assert statuses(client, "/items/1", 1) == [200]
-    assert sent[:2] == ["EVALSHA", "PING"] and not limiter.storage_down
+    assert sent[:2] == ["EVALSHA", "EVALSHA"] and not limiter.storage_down
 
 
 @pytest.mark.redis
@@ -746,25 +985,67 @@ def test_a_flapping_redis_is_warned_about_once_a_minute(make_app, redis_server) 
     app.extensions["gateway_obs"].recorder = recorder
     client = app.test_client()
 
-    def outage_and_return() -> None:
+    def outage_and_return(first_probe: float) -> None:
         redis_server.stop()
         assert statuses(client, "/free", 2) == [200, 200]
         assert limiter.storage_down
         redis_server.start()
-        clock.advance(0.6)
+        clock.advance(first_probe)
         assert statuses(client, "/free", 1) == [200]
         assert not limiter.storage_down
 
     with capture_logs("flask_gateway_obs.ratelimit") as logs:
-        outage_and_return()
+        outage_and_return(0.6)
         clock.advance(10)
-        outage_and_return()
+        outage_and_return(1.1)  # down again soon after: the back-off went on (1 s, not 0.5 s)
         assert len(logs.find(level="warning")) == 1
         assert len(logs.find(message="rate limit storage is back: limits are shared again")) == 1
         clock.advance(60)
-        outage_and_return()
+        outage_and_return(0.6)
         assert len(logs.find(level="warning")) == 2
     assert recorder.errors == [("RateLimitStorageError", "ratelimit")] * 3
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_redis_that_answers_but_refuses_writes_stays_down_and_limits_hold(
+    make_app, redis_server, monkeypatch
+) -> None:
+    """Read-only Redis answers PING but probes write: limits hold; a quick relapse keeps counts."""
+    import redis
+
+    app = add_routes(make_app({Keys.REDIS_URL: redis_server.url, "RATELIMIT_DEFAULT": "3/minute"}))
+    limiter, clock = limiter_of(app), FakeClock()
+    limiter.clock = clock
+    client = app.test_client()
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        assert statuses(client, "/free", 1) == [200]  # 1 in Redis
+        admin.replicaof("127.0.0.1", free_port())  # a replica of nothing: read-only
+        assert admin.ping()
+        sent = count_commands(monkeypatch, limiter)
+        assert statuses(client, "/free", 4) == [200, 200, 200, 429]  # in memory, from zero
+        assert limiter.storage_down and limiter.storage_failures == 1
+        for wait in (0.6, 1.1, 2.1):  # probes due after 0.5, 1 and 2 s: each write refused
+            clock.advance(wait)
+            assert statuses(client, "/free", 1) == [429]
+            assert limiter.storage_down
+        assert limiter.storage_failures == 4 and "PING" not in sent
+
+        admin.replicaof("NO", "ONE")  # takes writes again
+        clock.advance(4.1)
+        assert statuses(client, "/free", 1) == [200]  # the probe wrote: 2 of 3 in Redis
+        assert not limiter.storage_down
+
+        admin.replicaof("127.0.0.1", free_port())  # read-only again, seconds later
+        clock.advance(5)
+        assert statuses(client, "/free", 1) == [429]  # the outage's count holds
+        assert limiter.storage_down and limiter.storage_failures == 5
+        before = len(sent)
+        clock.advance(4.1)  # not back to a 0.5 s wait: the back-off goes on (8 s)
+        assert statuses(client, "/free", 1) == [429] and len(sent) == before
+    finally:
+        admin.close()
 
 
 # --- the fast path: counts, keys and headers exactly as Flask-Limiter's ------------------------
@@ -1199,6 +1480,20 @@ def redis_counts(url: str, prefix: str) -> dict[str, tuple[int, bool]]:
         client.close()
 
 
+def delete_keys(url: str, *prefixes: str) -> None:
+    """Delete this test's limiter keys (only its own prefixes: db 15 is shared)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for prefix in prefixes:
+            keys = list(client.scan_iter(match=f"LIMITS:LIMITER/{prefix}/*"))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
+
+
 @pytest.mark.redis
 def test_fast_path_counts_exactly_like_flask_limiter_in_redis(make_app, redis_url) -> None:
     """On Redis: same statuses, headers, keys, counts and expiries as raw Flask-Limiter."""
@@ -1215,7 +1510,7 @@ def test_fast_path_counts_exactly_like_flask_limiter_in_redis(make_app, redis_ur
         # Four hits on the shared group (the fourth refused, and counted, as fixed windows do).
         assert counted["LIMITS:LIMITER/<prefix>/192.0.2.7/group/3/1/minute"] == (4, True)
     finally:
-        raw_limiter(theirs).storage.reset()
+        delete_keys(redis_url, ours_prefix, raw_prefix)
 
 
 @pytest.mark.redis
@@ -1244,7 +1539,7 @@ def test_our_limit_and_raw_flask_limiters_share_one_count_in_redis(make_app, red
             key.replace(f"/{service}/", "/<prefix>/"): (5, True)
         }
     finally:
-        raw_limiter(theirs).storage.reset()
+        delete_keys(redis_url, service)
 
 
 @pytest.mark.redis
