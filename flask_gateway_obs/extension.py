@@ -239,11 +239,11 @@ class ObsState:
         error = sys.exc_info()[1]
         self.capture(ctx, 500, None)
         self.finish(ctx)
+        if error is not None:
+            errors.report_escaped(self, error)
         propagate = self.app.config.get("PROPAGATE_EXCEPTIONS")
         if propagate or (propagate is None and (self.app.testing or self.app.debug)):
             raise  # the exception being handled, as Flask itself would
-        if error is not None:
-            errors.report_escaped(self, error)
         body = errors.escaped_problem(ctx.request_id, ctx.path).encode()
         headers = [
             ("Content-Type", errors.PROBLEM_JSON),

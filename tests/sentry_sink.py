@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -54,17 +55,24 @@ def parse_envelope(raw: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any
 class SentrySink:
     """Receives envelopes at ``http://key@127.0.0.1:<port>/1`` (see :attr:`dsn`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        #: Seconds each envelope takes to be answered (a slow Sentry).
+        self.delay = delay
         self.raw: list[bytes] = []
         self.paths: list[str] = []
         self.errors: list[str] = []
         self._cond = threading.Condition()
+        self._open = threading.Event()
+        self._open.set()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                sink._open.wait(timeout=30)  # held: the sender waits for the answer
+                if sink.delay:
+                    time.sleep(sink.delay)
                 try:
                     raw = decode_body(body, self.headers.get("Content-Encoding", ""))
                 except Exception as exc:  # recorded, so a test can fail on it
@@ -99,8 +107,17 @@ class SentrySink:
         return self
 
     def stop(self) -> None:
+        self._open.set()
         self.server.shutdown()
         self.server.server_close()
+
+    def hold(self) -> None:
+        """Keep every envelope's answer back (and the envelope unrecorded) until :meth:`release`."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Answer the held envelopes and those to come."""
+        self._open.set()
 
     # reading what arrived -------------------------------------------------------------
 

@@ -233,7 +233,8 @@ def test_streamed_response_is_finished_when_its_body_is_closed(make_app, capsys)
 
 
 def test_app_raising_through_the_wsgi_step_is_still_logged(make_app, capsys) -> None:
-    """An exception that escapes the wrapped WSGI app still ends the request once."""
+    """An exception that escapes the wrapped WSGI app (a testing app re-raises it) still
+    ends the request once and is reported once."""
     app = make_app()
 
     def exploding(environ: dict[str, Any], start_response: Any) -> Any:
@@ -250,6 +251,8 @@ def test_app_raising_through_the_wsgi_step_is_still_logged(make_app, capsys) -> 
         500,
         "/explode",
     )
+    errors = [r for r in lines if r["level"] == "error"]
+    assert [(r["request_id"], r["exc_message"]) for r in errors] == [("e-1", "escaped")]
 
 
 def test_a_request_id_header_set_by_the_view_is_replaced_by_ours(make_app) -> None:
