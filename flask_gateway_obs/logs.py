@@ -247,7 +247,12 @@ def _message(record: logging.LogRecord) -> str:
         message = record.getMessage()
     except Exception:  # bad %-args: keep both parts rather than lose the record
         message = f"{_safe_repr(record.msg)} {_safe_repr(record.args)}"
+    if "\x1b[" in message:  # terminal colours (werkzeug's banner) mean nothing in a log line
+        message = _ANSI_SGR.sub("", message)
     return mask_url_credentials(message)
+
+
+_ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _Timestamps:

@@ -284,7 +284,7 @@ def test_console_colour_wraps_only_the_level() -> None:
         {"name": "x", "levelno": logging.ERROR, "msg": "a\x1b[31mb", "args": ()}
     )
     line = formatter.format(record)
-    assert "\x1b[31mERROR" in line and "a\\x1b[31mb" in line
+    assert "\x1b[31mERROR" in line and line.endswith("x: ab")  # the message's own colour dropped
 
 
 def test_auto_format_is_console_in_debug_and_json_otherwise(capsys) -> None:
@@ -512,3 +512,11 @@ def test_development_server_request_lines_are_dropped_but_not_its_banner() -> No
     assert not keep.filter(record(logging.INFO, line))
     assert keep.filter(record(logging.INFO, " * Running on http://127.0.0.1:5000"))
     assert keep.filter(record(logging.ERROR, "127.0.0.1 - - [..] code 400, message Bad"))
+
+
+def test_terminal_colour_codes_are_stripped_from_messages(make_app, capsys) -> None:
+    """A library's coloured message (werkzeug's banner) is logged without escape codes."""
+    make_app()
+    logging.getLogger("werkzeug").warning("\x1b[31m\x1b[1mWARNING: dev server\x1b[0m")
+    record = json_lines(capsys.readouterr().out)[-1]
+    assert record["message"] == "WARNING: dev server"
