@@ -1008,7 +1008,7 @@ class Settings:
         _optional(_positive_float),
         "a number of seconds > 0",
         "a call slower than this fails with 504 and counts as a failure; it runs in a worker "
-        "thread and is not stopped (see the README); default: no timeout",
+        'thread and is not stopped (README: "Timeouts, honestly"); default: no timeout',
     )
     breaker_storage: str = _setting(
         "BREAKER_STORAGE",

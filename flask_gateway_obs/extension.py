@@ -1,8 +1,10 @@
-"""GatewayObs, the extension, and the per-app state that runs the request hooks.
+"""GatewayObs, the extension, and the per-app state that runs the per-request step.
 
-Per request the extension runs one before-request step and one after-request step
-(with a teardown that only cleans up). Concerns such as metrics plug into those
-steps as *observers* instead of registering hooks of their own.
+Per request the extension runs one WSGI step around ``app.wsgi_app``: it sets the
+request ID and starts the clock before Flask runs, and finishes (metrics, access
+line) when the response is done. Concerns such as metrics plug into that step as
+*observers* instead of registering hooks of their own; Flask hooks are registered
+only for the rate limiter, whose check needs Flask's URL matching.
 """
 
 from __future__ import annotations

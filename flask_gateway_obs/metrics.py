@@ -1,7 +1,7 @@
 """Prometheus metrics: collectors on a per-app registry, the request observer, ``/metrics``.
 
-Per request the extension's single before/after step calls :class:`HttpMetrics`
-(an observer): one dict lookup finds the cached metric children of the request's
+Per request the extension's WSGI step calls :class:`HttpMetrics` (an observer):
+one dict lookup finds the cached metric children of the request's
 ``(method, route, status)``. Breakers, retries, rate limits and health checks
 report through :class:`MetricsRecorder`, set as ``state.recorder``.
 
