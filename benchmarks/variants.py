@@ -308,7 +308,7 @@ VARIANTS: tuple[Variant, ...] = (
         _ours,
         config=(*_COMMON, (_K + "LOG_ACCESS", False)),
         config_if_known=_OFF,
-        description="access log, metrics, rate limit and Sentry off: the fixed cost of the WSGI step",
+        description="access log, metrics, rate limit and Sentry off: the WSGI step alone",
     ),
     Variant(
         "ours-log",
