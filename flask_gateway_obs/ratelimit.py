@@ -435,7 +435,27 @@ class _TrackedLimitManager(LimitManager):
 # --- the per-app limiter -------------------------------------------------------------------
 
 
-class GatewayLimiter(Limiter):
+class _DeferredDecorators:
+    """``limit`` and ``shared_limit`` that find the serving app's limiter at call time, so a
+    decorated view counts in whichever app serves it (and never keeps a dead app alive)."""
+
+    _obs: GatewayObs | None
+
+    def limit(self, limit_value: str | Callable[[], str], **kwargs: Any) -> _Decoration:
+        """Like :meth:`flask_limiter.Limiter.limit`, for a view, a blueprint or a block."""
+        return _Decoration(self._obs, "limit", (limit_value,), kwargs)
+
+    def shared_limit(
+        self,
+        limit_value: str | Callable[[], str],
+        scope: str | Callable[[str], str],
+        **kwargs: Any,
+    ) -> _Decoration:
+        """Like :meth:`flask_limiter.Limiter.shared_limit`, for a view, a blueprint or a block."""
+        return _Decoration(self._obs, "shared_limit", (limit_value, scope), kwargs)
+
+
+class GatewayLimiter(_DeferredDecorators, Limiter):  # type: ignore[misc]
     """The app's :class:`flask_limiter.Limiter`, with the extension's failure policy.
 
     Created by the extension's ``init_app``; reach it as ``obs.limiter`` inside an app
@@ -1137,18 +1157,6 @@ class GatewayLimiter(Limiter):
 
     # --- decorators: the app is found when the view is called ----------------------------
 
-    def limit(  # type: ignore[override]
-        self, limit_value: str | Callable[[], str], **kwargs: Any
-    ) -> _Decoration:
-        """Like :meth:`flask_limiter.Limiter.limit`; the view finds its app's limiter per call."""
-        return _Decoration(self._obs, "limit", (limit_value,), kwargs)
-
-    def shared_limit(  # type: ignore[override]
-        self, limit_value: str | Callable[[], str], scope: str | Callable[[str], str], **kwargs: Any
-    ) -> _Decoration:
-        """Like :meth:`flask_limiter.Limiter.shared_limit`; the app is found per call."""
-        return _Decoration(self._obs, "shared_limit", (limit_value, scope), kwargs)
-
     def _bind_views(self, app: Flask) -> None:
         with self._views_lock:
             for view in list(app.view_functions.values()):
@@ -1401,7 +1409,7 @@ def _apply_blueprint_limits(app: Flask, limiter: Limiter) -> None:
             action(limiter)
 
 
-class _InertLimiter(Limiter):
+class _InertLimiter(_DeferredDecorators, Limiter):  # type: ignore[misc]
     """The app's limiter with ``GATEWAY_OBS_RATELIMIT_ENABLED`` off: counts nothing. Its
     decorators are the extension's, so a view still counts in another app that limits."""
 
@@ -1409,20 +1417,8 @@ class _InertLimiter(Limiter):
         super().__init__(key_func, enabled=False)
         self._obs = obs
 
-    def limit(  # type: ignore[override]
-        self, limit_value: str | Callable[[], str], **kwargs: Any
-    ) -> _Decoration:
-        """Like :meth:`flask_limiter.Limiter.limit`; the view finds its app's limiter per call."""
-        return _Decoration(self._obs, "limit", (limit_value,), kwargs)
 
-    def shared_limit(  # type: ignore[override]
-        self, limit_value: str | Callable[[], str], scope: str | Callable[[str], str], **kwargs: Any
-    ) -> _Decoration:
-        """Like :meth:`flask_limiter.Limiter.shared_limit`; the app is found per call."""
-        return _Decoration(self._obs, "shared_limit", (limit_value, scope), kwargs)
-
-
-class DeferredLimiter:
+class DeferredLimiter(_DeferredDecorators):
     """``obs.limiter`` outside an app context, and wherever it is kept in a variable.
 
     - ``limit`` and ``shared_limit`` on a view wrap it once; each app serving the view
@@ -1444,7 +1440,8 @@ class DeferredLimiter:
         self._filters: list[Callable[[], bool]] = []
 
     def _limiters(self) -> list[Limiter]:
-        return [s.limiter for s in self._obs._states if s.limiter is not None]
+        states = self._obs._states if self._obs is not None else []
+        return [s.limiter for s in states if s.limiter is not None]
 
     def _here(self, name: str) -> Limiter:
         """The limiter ``name`` is asked of: the current app's, else the only app's."""
@@ -1465,19 +1462,6 @@ class DeferredLimiter:
         """Give a new app's limiter the request filters declared for every app."""
         for fn in self._filters:
             limiter.request_filter(fn)
-
-    def limit(self, limit_value: str | Callable[[], str], **kwargs: Any) -> _Decoration:
-        """Like :meth:`flask_limiter.Limiter.limit`, for a view, a blueprint or a block."""
-        return _Decoration(self._obs, "limit", (limit_value,), kwargs)
-
-    def shared_limit(
-        self,
-        limit_value: str | Callable[[], str],
-        scope: str | Callable[[str], str],
-        **kwargs: Any,
-    ) -> _Decoration:
-        """Like :meth:`flask_limiter.Limiter.shared_limit`, for a view, a blueprint or a block."""
-        return _Decoration(self._obs, "shared_limit", (limit_value, scope), kwargs)
 
     def exempt(self, obj: Any = None, *, flags: ExemptionScope = _DEFAULT_EXEMPTION) -> Any:
         """Like :meth:`flask_limiter.Limiter.exempt`, in every app serving ``obj``."""
