@@ -143,7 +143,7 @@ class ObsState:
         self.header_name_lower = self.header_name.lower()
         self._environ_key = "HTTP_" + self.header_name.upper().replace("-", "_")
         self.access_log = AccessLog()
-        self._access_log = settings.log_access
+        self._access_log_on = settings.log_access
         self._ua_max = settings.log_user_agent_max
         self._log = logging.getLogger(__name__)
 
@@ -162,10 +162,7 @@ class ObsState:
 
     def begin(self, environ: dict[str, Any]) -> RequestContext:
         """Start a request: its ID, trace context and clock."""
-        request_id = environ.get(self._environ_key)
-        if request_id is None or _VALID_REQUEST_ID(request_id) is None:
-            request_id = new_request_id()
-        ctx = RequestContext(request_id, self.service, time.perf_counter(), environ)
+        ctx = RequestContext(self._request_id(environ), self.service, time.perf_counter(), environ)
         traceparent = environ.get("HTTP_TRACEPARENT")
         if traceparent is not None:
             parsed = parse_traceparent(traceparent)
@@ -186,10 +183,14 @@ class ObsState:
         if ctx is not None:
             return ctx
         environ = request.environ
+        return RequestContext(self._request_id(environ), self.service, time.perf_counter(), environ)
+
+    def _request_id(self, environ: dict[str, Any]) -> str:
+        """The incoming request ID when valid, else a fresh UUID4."""
         request_id = environ.get(self._environ_key)
         if request_id is None or _VALID_REQUEST_ID(request_id) is None:
-            request_id = new_request_id()
-        return RequestContext(request_id, self.service, time.perf_counter(), environ)
+            return new_request_id()
+        return str(request_id)
 
     def run_gates(self) -> None:
         """Before-request hook: the steps that may refuse a request (the rate limiter)."""
@@ -228,7 +229,7 @@ class ObsState:
                 observer.request_finished(ctx, method, route, status, duration)
             except Exception:
                 self._log.debug("request observer failed", exc_info=True)
-        if self._access_log and path not in self.quiet_paths:
+        if self._access_log_on and path not in self.quiet_paths:
             try:  # noqa: SIM105 - contextlib.suppress costs more on every request
                 self._log_access(ctx, duration)
             except Exception:
