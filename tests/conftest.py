@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,10 +39,13 @@ def free_port() -> int:
 
 @pytest.fixture(autouse=True)
 def _reset_global_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts with no request context and no Sentry settings from the
-    environment, and leaves root logging as it found it."""
+    """Each test starts with no request context, no Sentry settings from the environment
+    and no process-wide breakers, and leaves root logging as it found it."""
     for name in ("SENTRY_DSN", "SENTRY_ENVIRONMENT", "SENTRY_RELEASE"):
         monkeypatch.delenv(name, raising=False)
+    resilience = sys.modules.get("flask_gateway_obs.resilience")  # only if a test loaded it
+    if resilience is not None:
+        resilience.reset_default()  # breakers used outside an app context start afresh
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     current_request.set(None)
@@ -175,13 +179,10 @@ def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def black_hole() -> Iterator[tuple[str, int]]:
-    """A loopback socket that accepts connections and never answers."""
+    """A loopback socket whose kernel completes every handshake (the listen backlog) while
+    nobody ever reads or answers."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
-    accepted: list[socket.socket] = []
-    listener.settimeout(0.05)
     yield "127.0.0.1", int(listener.getsockname()[1])
-    for conn in accepted:
-        conn.close()
     listener.close()

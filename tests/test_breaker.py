@@ -9,7 +9,6 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pybreaker
@@ -57,14 +56,6 @@ class Dependency:
         if self.failing:
             raise self.error
         return value
-
-
-@pytest.fixture(autouse=True)
-def _fresh_process_defaults() -> Iterator[None]:
-    """Breakers used outside an app context start afresh in each test."""
-    resilience_module.reset_default()
-    yield
-    resilience_module.reset_default()
 
 
 @pytest.fixture

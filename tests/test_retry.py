@@ -7,7 +7,6 @@ import asyncio
 import concurrent.futures
 import email.utils
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from flask_gateway_obs import (
     ServiceUnavailableError,
     retry,
 )
-from flask_gateway_obs import resilience as resilience_module
 from flask_gateway_obs.config import Keys
 from flask_gateway_obs.resilience.breaker import CallTimeoutError
 from flask_gateway_obs.resilience.retry import RetryPolicy, is_transient, retry_after_of
@@ -74,13 +72,6 @@ class Flaky:
 
 def always(error_type: type[BaseException], n: int = 50) -> list[BaseException]:
     return [error_type(f"failure {i}") for i in range(n)]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_process_defaults() -> Iterator[None]:
-    resilience_module.reset_default()
-    yield
-    resilience_module.reset_default()
 
 
 @pytest.fixture
