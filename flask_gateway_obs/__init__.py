@@ -1,9 +1,14 @@
-"""Production observability and resilience for Flask API gateways, in one extension."""
+"""Production observability and resilience for Flask API gateways, in one extension.
+
+Importing the package loads the extension and the error types only; everything else
+(health, Sentry, resilience) is imported when first used.
+"""
 
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .config import ConfigError
+from .core.context import bind_context, get_request_id
 from .errors import (
     AppError,
     BadRequestError,
@@ -16,10 +21,8 @@ from .errors import (
     ValidationError,
 )
 from .extension import GatewayObs
-from .health import CheckResult, HealthReport
 from .labels import normalize_path
-from .logs import get_logger, get_request_id
-from .sentry import capture_exception, capture_message, set_user
+from .logs import get_logger
 
 __all__ = [
     "AppError",
@@ -36,6 +39,7 @@ __all__ = [
     "UnauthorizedError",
     "ValidationError",
     "__version__",
+    "bind_context",
     "breaker",
     "capture_exception",
     "capture_message",
@@ -47,18 +51,31 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .health import CheckResult, HealthReport
     from .resilience.breaker import breaker
     from .resilience.retry import retry
+    from .sentry import capture_exception, capture_message, set_user
+
+#: Public names whose modules are imported on first use: name -> module.
+_LAZY = {
+    "CheckResult": "health",
+    "HealthReport": "health",
+    "breaker": "resilience.breaker",
+    "retry": "resilience.retry",
+    "capture_exception": "sentry",
+    "capture_message": "sentry",
+    "set_user": "sentry",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # ``breaker`` and ``retry`` bring in pybreaker and tenacity (~40 ms): only when used.
-    if name == "breaker":
-        from .resilience.breaker import breaker
+    # ``breaker`` and ``retry`` bring in pybreaker and tenacity (~40 ms), the Sentry
+    # helpers sentry-sdk's adapter: only when used.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return breaker
-    if name == "retry":
-        from .resilience.retry import retry
-
-        return retry
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -44,7 +44,8 @@ def health_command(group: str | None, details: bool) -> None:
     metric: this process is not the server, and in a multi-worker deployment
     (``PROMETHEUS_MULTIPROC_DIR``) its numbers would add to the workers' for good.
     """
-    from .extension import EXTENSION_KEY, Recorder
+    from .core.contracts import Recorder
+    from .core.state import EXTENSION_KEY
     from .health import UNHEALTHY, UnknownGroupError, runner_of
 
     state = current_app.extensions.get(EXTENSION_KEY)

@@ -14,8 +14,6 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +30,12 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
-from .logs import LOGGER_NAME, get_request_id
+from .core.context import get_request_id
+from .core.contracts import ErrorInfo, ErrorListener
+from .logs import LOGGER_NAME
 
 if TYPE_CHECKING:
-    from .extension import ObsState
+    from .core.state import ObsState
 
 __all__ = [
     "AppError",
@@ -43,6 +43,7 @@ __all__ = [
     "CircuitOpenError",
     "ConflictError",
     "ErrorInfo",
+    "ErrorListener",
     "ForbiddenError",
     "NotFoundError",
     "ServiceUnavailableError",
@@ -186,21 +187,6 @@ class CircuitOpenError(ServiceUnavailableError):
 
 # --- rendering --------------------------------------------------------------------------
 
-
-@dataclass
-class ErrorInfo:
-    """What the handler learned about one error; listeners may add ``extensions``."""
-
-    error: BaseException
-    status: int
-    code: str
-    operational: bool
-    source: str = "http"
-    extensions: dict[str, Any] = field(default_factory=dict)
-
-
-#: A listener learns of each error once; it may add members to the problem body.
-ErrorListener = Callable[[ErrorInfo], None]
 
 _log = logging.getLogger(LOGGER_NAME)
 

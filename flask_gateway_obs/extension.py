@@ -1,400 +1,40 @@
-"""GatewayObs, the extension, and the per-app state that runs the per-request step.
+"""GatewayObs, the extension: validates the config and composes the concerns in ``init_app``.
 
-Per request the extension runs one WSGI step around ``app.wsgi_app``: it sets the
-request ID and starts the clock before Flask runs, and finishes (metrics, access
-line) when the response is done. Concerns such as metrics plug into that step as
-*observers* instead of registering hooks of their own; Flask hooks are registered
-only for the rate limiter, whose check needs Flask's URL matching.
+The per-request work runs in one WSGI step (:mod:`flask_gateway_obs.core.middleware`);
+concerns plug into it as observers instead of registering hooks of their own, and
+report to each other only through :mod:`flask_gateway_obs.core.contracts`. A concern
+that is off is not even imported.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import secrets
-import sys
-import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, Response, current_app, has_app_context, has_request_context, request
+from flask import Flask
 
 from . import errors
-from .config import Settings, load_settings
-from .errors import ErrorListener
-from .logs import (
-    AccessEntry,
-    AccessLog,
-    RequestContext,
-    configure_logging,
-    current_request,
-    quiet_server_access_lines,
-)
+from .config import SENTRY_OFF, check_overrides, load_settings
+from .core.context import current_request
+from .core.middleware import ObsMiddleware
+from .core.state import EXTENSION_KEY, ObsState, current_state
+from .logs import AccessLog, configure_logging, quiet_server_access_lines
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
-    from _typeshed.wsgi import WSGIApplication as WSGIApp
     from flask_limiter import Limiter
 
-    from .health import CheckFunc, HealthReport, HealthRunner, HealthSetup
+    from .health import CheckFunc, HealthReport, HealthSetup
     from .metrics import DependencyTracker
     from .ratelimit import DeferredLimiter
-    from .resilience import Resilience
     from .resilience.breaker import CircuitBreaker
     from .resilience.retry import RetryPolicy
 
-__all__ = [
-    "EXTENSION_KEY",
-    "GatewayObs",
-    "ObsMiddleware",
-    "ObsState",
-    "Recorder",
-    "RequestObserver",
-    "new_request_id",
-]
+__all__ = ["GatewayObs"]
 
-EXTENSION_KEY = "gateway_obs"
 _F = TypeVar("_F", bound=Callable[..., Any])
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}").fullmatch
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
-_MAX_LOGGED_PATH = 2048
-
-
-class Recorder:
-    """Where concerns report what the metrics count; a no-op until metrics are on.
-
-    Breakers, retries, rate limits and health checks call these methods on
-    ``state.recorder`` and never import the metrics module themselves.
-    """
-
-    def error(self, error_type: str, source: str) -> None:
-        """Count one error in ``errors_total{type,source}``."""
-
-    def dependency(self, dependency: str, operation: str, seconds: float, failed: bool) -> None:
-        """Observe one call in ``dependency_latency_seconds``; count it in
-        ``errors_total{source="dependency"}`` when it failed."""
-
-    def breaker_state(self, breaker: str, state: int) -> None:
-        """Set ``circuit_breaker_state{breaker}``: 0 closed, 1 open, 2 half-open."""
-
-    def retry_attempt(self, operation: str, outcome: str) -> None:
-        """Count ``retry_attempts_total{operation,outcome}``."""
-
-    def rate_limit_exceeded(self, route: str) -> None:
-        """Count ``rate_limit_exceeded_total{route}``."""
-
-    def health_check(self, check: str, status: str) -> None:
-        """Set ``health_check_status{check}`` from healthy / degraded / unhealthy."""
-
-
-class RequestObserver(Protocol):
-    """A concern that wants to know when each request starts and ends."""
-
-    def request_started(self, ctx: RequestContext) -> None:
-        """Called when a request arrives, before Flask routes it (no ``flask.request`` yet)."""
-
-    def request_finished(
-        self, ctx: RequestContext, method: str, route: str | None, status: int, duration: float
-    ) -> None:
-        """Called once per request with the URL rule (``None`` when nothing matched), the
-        final status and the duration in seconds."""
-
-
-def parse_traceparent(value: str | None) -> tuple[str, str] | None:
-    """``(trace_id, flags)`` of a valid W3C ``traceparent``, else ``None``."""
-    if not value or len(value) > 256:
-        return None
-    match = _TRACEPARENT(value.strip())
-    if match is None:
-        return None
-    version, trace_id, parent_id, flags = match.groups()
-    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
-        return None
-    return trace_id, flags
-
-
-class ObsState:
-    """Everything the extension keeps for one app, at ``app.extensions["gateway_obs"]``."""
-
-    def __init__(self, app: Flask, settings: Settings) -> None:
-        self.app = app
-        self.settings = settings
-        self.service = settings.service_name or app.import_name
-        self.error_listeners: list[ErrorListener] = []
-        self.observers: list[RequestObserver] = []
-        #: Replaced by the metrics module's recorder when metrics are enabled.
-        self.recorder: Recorder = Recorder()
-        #: Paths of the extension's own endpoints (health, metrics).
-        self.internal_paths: set[str] = set()
-        #: Before-request steps that may end the request by raising (the rate limiter).
-        self.request_gates: list[Callable[[], None]] = []
-        #: After-request steps that may change the response (rate-limit headers).
-        self.response_hooks: list[Callable[[Response], Response]] = []
-        #: The health-check runner (health.py).
-        self.health: HealthRunner | None = None
-        #: Breakers and retry policies (resilience/).
-        self.resilience: Resilience | None = None
-        #: The app's rate limiter, a flask_limiter.Limiter (ratelimit.py).
-        self.limiter: Limiter | None = None
-        self.quiet_paths: set[str] = set(settings.log_access_exclude_paths)
-        self.header_name = settings.request_id_header
-        self.header_name_lower = self.header_name.lower()
-        self._environ_key = "HTTP_" + self.header_name.upper().replace("-", "_")
-        self.access_log = AccessLog()
-        self._access_log_on = settings.log_access
-        self._ua_max = settings.log_user_agent_max
-        self._log = logging.getLogger(__name__)
-
-    def add_internal_path(self, path: str) -> None:
-        """Mark ``path`` as one of the extension's endpoints (left out of the access log)."""
-        self.internal_paths.add(path)
-        if not self.settings.log_access_internal:
-            self.quiet_paths.add(path)
-
-    # --- the hot path -------------------------------------------------------------
-    #
-    # One step wraps the app's WSGI callable: it sets the request ID and starts the
-    # clock before Flask runs, and finishes (header, metrics, access line) when the
-    # response starts, while Flask's request context is still there to read the URL
-    # rule. No Flask hook runs unless a concern needs one (the rate limiter's gate).
-
-    def begin(self, environ: dict[str, Any]) -> RequestContext:
-        """Start a request: its ID, trace context and clock."""
-        ctx = RequestContext(self._request_id(environ), self.service, time.perf_counter(), environ)
-        traceparent = environ.get("HTTP_TRACEPARENT")
-        if traceparent is not None:
-            parsed = parse_traceparent(traceparent)
-            if parsed is not None:
-                ctx.trace_id, ctx.trace_flags = parsed
-        for observer in self.observers:
-            try:
-                observer.request_started(ctx)
-            except Exception:  # instrumentation never breaks a request
-                self._log.debug("request observer failed", exc_info=True)
-        return ctx
-
-    def current_context(self) -> RequestContext:
-        """The request's context. When the app is driven without our WSGI step (e.g.
-        ``app.test_request_context()`` in a user's test) a detached one is made: it
-        is neither stored nor counted."""
-        ctx = current_request.get()
-        if ctx is not None:
-            return ctx
-        environ = request.environ
-        return RequestContext(self._request_id(environ), self.service, time.perf_counter(), environ)
-
-    def _request_id(self, environ: dict[str, Any]) -> str:
-        """The incoming request ID when valid, else a fresh UUID4."""
-        request_id = environ.get(self._environ_key)
-        if request_id is None or _VALID_REQUEST_ID(request_id) is None:
-            return new_request_id()
-        return str(request_id)
-
-    def run_gates(self) -> None:
-        """Before-request hook: the steps that may refuse a request (the rate limiter)."""
-        for gate in self.request_gates:
-            gate()
-
-    def run_response_hooks(self, response: Response) -> Response:
-        """After-request hook: the steps that change the response (rate-limit headers)."""
-        for hook in self.response_hooks:
-            response = hook(response)
-        return response
-
-    def capture(self, ctx: RequestContext, status: int, size: int | None) -> None:
-        """Note what the response is, while Flask's request context (if any) is still there."""
-        ctx.status = status
-        ctx.response_size = size
-        if has_request_context():
-            req = request._get_current_object()  # type: ignore[attr-defined]
-            rule = req.url_rule
-            ctx.method, ctx.path = req.method, req.path
-            ctx.route = rule.rule if rule is not None else None
-        else:  # the app failed before Flask could answer; only the environ is left
-            environ = ctx.environ
-            ctx.method = environ.get("REQUEST_METHOD", "GET")
-            ctx.path = environ.get("PATH_INFO", "/")
-
-    def finish(self, ctx: RequestContext) -> None:
-        """End a request once: observers (metrics), then the access line."""
-        if ctx.finished:
-            return
-        ctx.finished = True
-        duration = time.perf_counter() - ctx.start
-        method, path, route, status = ctx.method, ctx.path, ctx.route, ctx.status
-        for observer in self.observers:
-            try:
-                observer.request_finished(ctx, method, route, status, duration)
-            except Exception:
-                self._log.debug("request observer failed", exc_info=True)
-        if self._access_log_on and path not in self.quiet_paths:
-            try:  # noqa: SIM105 - contextlib.suppress costs more on every request
-                self._log_access(ctx, duration)
-            except Exception:
-                pass
-
-    def escaped_error(self, ctx: RequestContext, start_response: StartResponse) -> Iterable[bytes]:
-        """An exception escaped the app (a failing teardown hook, or a testing app that
-        propagates errors): end the request as a 500 and answer problem+json if the
-        response has not started; a testing app gets the exception re-raised."""
-        error = sys.exc_info()[1]
-        self.capture(ctx, 500, None)
-        self.finish(ctx)
-        if error is not None:
-            errors.report_escaped(self, error)
-        propagate = self.app.config.get("PROPAGATE_EXCEPTIONS")
-        if propagate or (propagate is None and (self.app.testing or self.app.debug)):
-            raise  # the exception being handled, as Flask itself would
-        body = errors.escaped_problem(ctx.request_id, ctx.path).encode()
-        headers = [
-            ("Content-Type", errors.PROBLEM_JSON),
-            ("Content-Length", str(len(body))),
-            (self.header_name, ctx.request_id),
-        ]
-        start_response("500 INTERNAL SERVER ERROR", headers, sys.exc_info())
-        return [body]
-
-    def _log_access(self, ctx: RequestContext, duration: float) -> None:
-        path = ctx.path
-        if len(path) > _MAX_LOGGED_PATH:
-            path = path[:_MAX_LOGGED_PATH] + "..."
-        environ = ctx.environ
-        user_agent = environ.get("HTTP_USER_AGENT")
-        if user_agent is not None and len(user_agent) > self._ua_max:
-            user_agent = user_agent[: self._ua_max]
-        self.access_log.write(
-            AccessEntry(
-                ctx.method,
-                path,
-                ctx.route,
-                ctx.status,
-                round(duration * 1000.0, 3),
-                environ.get("REMOTE_ADDR"),
-                user_agent,
-                ctx.response_size,
-            )
-        )
-
-
-class ObsMiddleware:
-    """The WSGI step around ``app.wsgi_app`` that runs the extension's hot path.
-
-    The response is noted when it starts (status, size and the URL rule, while
-    Flask's request context is still there) and the request is finished when the
-    app returns, after Flask's teardown. A streamed body (no ``Content-Length``)
-    finishes when the server closes it, so its duration and the in-flight gauge
-    cover the streaming, and logs written while it streams keep the request ID.
-    """
-
-    __slots__ = ("state", "wsgi_app")
-
-    def __init__(self, state: ObsState, wsgi_app: WSGIApp) -> None:
-        self.state = state
-        self.wsgi_app = wsgi_app
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        state = self.state
-        ctx = state.begin(environ)
-        token = current_request.set(ctx)
-        try:
-            try:
-                app_iter = self.wsgi_app(environ, _StartResponse(state, ctx, start_response))
-            except Exception:
-                # Past Flask's own handlers: a failing teardown hook, or a testing app
-                # that propagates. Answer (or re-raise) and still end the request once.
-                return state.escaped_error(ctx, start_response)
-            if ctx.response_size is not None or ctx.status in (204, 304):
-                state.finish(ctx)
-                return app_iter
-            return _ClosingBody(app_iter, state, ctx)
-        finally:
-            current_request.reset(token)
-
-
-class _StartResponse:
-    """Puts the request ID header on the response and notes what the response is."""
-
-    __slots__ = ("ctx", "start_response", "state")
-
-    def __init__(self, state: ObsState, ctx: RequestContext, start_response: StartResponse) -> None:
-        self.state = state
-        self.ctx = ctx
-        self.start_response = start_response
-
-    def __call__(
-        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> Callable[[bytes], object]:
-        state = self.state
-        ours = state.header_name_lower
-        size = None
-        for index in range(len(headers) - 1, -1, -1):
-            name = headers[index][0].lower()
-            if name == "content-length":
-                value = headers[index][1]
-                size = int(value) if value.isdigit() else None
-            elif name == ours:  # ours wins over one a view or an upstream set
-                del headers[index]
-        headers.append((state.header_name, self.ctx.request_id))
-        try:
-            code = int(status[:3])
-        except ValueError:
-            code = 500
-        state.capture(self.ctx, code, size)
-        return self.start_response(status, headers, exc_info)
-
-
-class _ClosingBody:
-    """A streamed body: iterated in the request's log context, finished when closed."""
-
-    __slots__ = ("app_iter", "ctx", "state")
-
-    def __init__(self, app_iter: Iterable[bytes], state: ObsState, ctx: RequestContext) -> None:
-        self.app_iter = app_iter
-        self.state = state
-        self.ctx = ctx
-
-    def __iter__(self) -> Iterator[bytes]:
-        chunks = iter(self.app_iter)
-        while True:
-            token = current_request.set(self.ctx)
-            try:
-                chunk = next(chunks)
-            except StopIteration:
-                return
-            except Exception as error:
-                # The status is sent already; the error still reaches the log, the
-                # metrics and Sentry, once, with the request's ID.
-                errors.report_escaped(self.state, error)
-                raise
-            finally:
-                current_request.reset(token)
-            yield chunk
-
-    def close(self) -> None:
-        token = current_request.set(self.ctx)
-        try:
-            close = getattr(self.app_iter, "close", None)
-            if close is not None:
-                close()
-        finally:
-            ctx = self.ctx
-            if ctx.status == 0:  # never started: the client went away first
-                self.state.capture(ctx, 499, None)
-            try:
-                self.state.finish(ctx)
-            finally:
-                current_request.reset(token)
-
-
-def new_request_id() -> str:
-    """A random UUID4 as text (what ``str(uuid.uuid4())`` gives, at half the cost)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class GatewayObs:
@@ -415,6 +55,7 @@ class GatewayObs:
     """
 
     def __init__(self, app: Flask | None = None, **overrides: Any) -> None:
+        check_overrides(overrides)  # a misspelt name fails here, not at init_app
         self._overrides = dict(overrides)
         # Weak: an app factory called many times must not keep every app alive.
         self._state_refs: weakref.WeakSet[ObsState] = weakref.WeakSet()
@@ -455,20 +96,28 @@ class GatewayObs:
                 quiet_server_access_lines()
             _route_app_logger(app)
         errors.register(app, state)
-        # Each concern plugs in here with one call (observers, listeners, blueprints).
-        # -- concerns --
-        from . import health, metrics, resilience
+        # Each concern plugs in here with one call (observers, listeners, blueprints);
+        # one that is off is not imported.
+        if settings.metrics_enabled:
+            from . import metrics
 
-        metrics.init_app(app, state)  # first: the others report through state.recorder
+            metrics.init_app(app, state)  # first: the others report through state.recorder
+        from . import health
 
         health.init_app(app, state, self._health_setup())
+        from . import resilience
+
         resilience.init_app(app, state)
         from . import ratelimit
 
         ratelimit.init_app(app, state, self)
-        from . import sentry
+        if _sentry_wanted(settings.sentry_dsn):
+            from . import sentry
 
-        sentry.init_app(app, state)
+            sentry.init_app(app, state)
+        from . import cli
+
+        cli.register(app)
         if state.request_gates:
             # Appended, as Flask-Limiter does: a user's hooks registered before init_app
             # (one that sets g.user for a key function) run first.
@@ -498,10 +147,9 @@ class GatewayObs:
 
     def state(self) -> ObsState:
         """The state of the current app (or of the only app set up by this object)."""
-        if has_app_context():
-            found = current_app.extensions.get(EXTENSION_KEY)
-            if isinstance(found, ObsState):
-                return found
+        found = current_state()
+        if found is not None:
+            return found
         states = self._states
         if len(states) == 1:
             return states[0]
@@ -649,3 +297,10 @@ def _route_app_logger(app: Flask) -> None:
 
     app.logger.removeHandler(default_handler)
     app.logger.propagate = True
+
+
+def _sentry_wanted(dsn: str | None) -> bool:
+    """Whether a DSN is configured (here, or in ``SENTRY_DSN`` when the key is unset)."""
+    if dsn is None:
+        return bool(os.environ.get("SENTRY_DSN", "").strip())
+    return dsn != SENTRY_OFF

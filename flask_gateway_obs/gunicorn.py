@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from typing import Any
 
 __all__ = [
-    "check_directory",
     "child_exit",
     "clear_directory",
     "on_starting",
@@ -45,17 +43,6 @@ __all__ = [
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 _BANNER = "!" * 72
-
-
-def check_directory(path: str) -> str | None:
-    """Create ``path`` if needed and prove it writable; the problem, or ``None``."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", suffix=".tmp"):
-            pass
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc.strerror or exc}"
-    return None
 
 
 def clear_directory(path: str) -> int:
@@ -87,6 +74,8 @@ def on_starting(server: Any) -> None:
                 f"numbers. Set {_ENV} to an empty directory writable by the workers.",
             )
         return
+    from .metrics import check_directory
+
     problem = check_directory(path)
     if problem is not None:
         if workers > 1:

@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Blueprint, Flask, Response, request
 
-from .config import ConfigError, Keys, Settings
 from .logs import LOGGER_NAME, emit, mask_url_credentials
 
 if TYPE_CHECKING:
-    from .extension import ObsState
+    from .core.state import ObsState
 
 __all__ = [
     "DEGRADED",
@@ -624,7 +623,7 @@ def _timed_out(flight: _Flight) -> CheckOutcome:
 def runner_of(state: ObsState) -> HealthRunner:
     """The app's :class:`HealthRunner`."""
     runner = state.health
-    if runner is None:
+    if not isinstance(runner, HealthRunner):
         raise RuntimeError("health checks are not set up on this app")
     return runner
 
@@ -682,7 +681,7 @@ def _targets(states: list[ObsState]) -> list[ObsState] | None:
     """The one app of the current app context if it is one of ``states``; else ``None``."""
     from flask import current_app, has_app_context
 
-    from .extension import EXTENSION_KEY
+    from .core.state import EXTENSION_KEY
 
     if has_app_context():
         found = current_app.extensions.get(EXTENSION_KEY)
@@ -770,50 +769,11 @@ class HealthEndpoint:
         return hmac.compare_digest(offered.encode("utf-8", "replace"), self.token)
 
 
-def _validate(settings: Settings) -> None:
-    problems: list[tuple[str, Any, str]] = []
-    if settings.health_show_details == "when_authorized" and not settings.health_token:
-        problems.append(
-            (Keys.HEALTH_TOKEN, None, "a token when HEALTH_SHOW_DETAILS is when_authorized")
-        )
-    if settings.health_memory_degraded_percent > settings.health_memory_unhealthy_percent:
-        problems.append(
-            (
-                Keys.HEALTH_MEMORY_DEGRADED_PERCENT,
-                settings.health_memory_degraded_percent,
-                "a percentage not above GATEWAY_OBS_HEALTH_MEMORY_UNHEALTHY_PERCENT",
-            )
-        )
-    if settings.health_disk_degraded_percent > settings.health_disk_unhealthy_percent:
-        problems.append(
-            (
-                Keys.HEALTH_DISK_DEGRADED_PERCENT,
-                settings.health_disk_degraded_percent,
-                "a percentage not above GATEWAY_OBS_HEALTH_DISK_UNHEALTHY_PERCENT",
-            )
-        )
-    if settings.health_enabled:
-        paths = {
-            Keys.HEALTH_PATH: settings.health_path,
-            Keys.HEALTH_LIVE_PATH: settings.health_live_path,
-            Keys.HEALTH_READY_PATH: settings.health_ready_path,
-        }
-        seen: set[str] = set()
-        for key, path in paths.items():
-            if path in seen:
-                problems.append((key, path, "a path distinct from the other health paths"))
-            seen.add(path)
-    if problems:
-        raise ConfigError(problems)
-
-
 def init_app(app: Flask, state: ObsState, setup: HealthSetup) -> None:
     """Create the app's runner with the built-in and registered checks; serve the endpoints."""
-    from . import cli
     from .checks import DiskCheck, MemoryCheck
 
     settings = state.settings
-    _validate(settings)
     runner = HealthRunner(state)
     state.health = runner
     _install_redis(state, runner, setup.redis_client)
@@ -843,4 +803,3 @@ def init_app(app: Flask, state: ObsState, setup: HealthSetup) -> None:
             blueprint.add_url_rule(path, endpoint, HealthEndpoint(state, group), methods=["GET"])
             state.add_internal_path(path)
         app.register_blueprint(blueprint)
-    cli.register(app)

@@ -27,6 +27,7 @@ import inspect
 import ipaddress
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -53,6 +54,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import errors
+from .core.contracts import Recorder
+from .core.state import EXTENSION_KEY
 from .errors import ErrorInfo
 from .exposition import (
     CONTENT_TYPE_OPENMETRICS,
@@ -65,13 +68,11 @@ from .exposition import (
     supports_fast_path,
     wants_openmetrics,
 )
-from .extension import EXTENSION_KEY, Recorder
-from .gunicorn import check_directory
 from .labels import OTHER_METHOD, STANDARD_METHODS, UNMATCHED_ROUTE, normalize_path
 
 if TYPE_CHECKING:
-    from .extension import GatewayObs, ObsState
-    from .logs import RequestContext
+    from .core.context import RequestContext
+    from .core.state import Extension, ObsState
 
 __all__ = [
     "OTHER_METHOD",
@@ -875,7 +876,7 @@ class DependencyTracker:
         return timed
 
 
-def _recorder_of(obs: GatewayObs | None) -> Recorder | None:
+def _recorder_of(obs: Extension | None) -> Recorder | None:
     if obs is not None:
         try:
             return obs.state().recorder
@@ -889,7 +890,7 @@ def _recorder_of(obs: GatewayObs | None) -> Recorder | None:
 
 
 def track_dependency(
-    dependency: str, operation: str = "call", *, obs: GatewayObs | None = None
+    dependency: str, operation: str = "call", *, obs: Extension | None = None
 ) -> DependencyTracker:
     """A :class:`DependencyTracker` for the app of ``obs`` (or the current app).
 
@@ -898,6 +899,17 @@ def track_dependency(
         an outgoing URL with :func:`normalize_path`, never from the raw URL.
     """
     return DependencyTracker(functools.partial(_recorder_of, obs), dependency, operation)
+
+
+def check_directory(path: str) -> str | None:
+    """Create ``path`` if needed and prove it writable; the problem, or ``None``."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
 
 
 # --- wiring -----------------------------------------------------------------------------

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from flask.sansio.app import App
     from flask.sansio.blueprints import BlueprintSetupState
 
-    from .extension import GatewayObs, ObsState
+    from .core.state import Extension, ObsState
 
 __all__ = [
     "DeferredLimiter",
@@ -439,7 +439,7 @@ class _DeferredDecorators:
     """``limit`` and ``shared_limit`` that find the serving app's limiter at call time, so a
     decorated view counts in whichever app serves it (and never keeps a dead app alive)."""
 
-    _obs: GatewayObs | None
+    _obs: Extension | None
 
     def limit(self, limit_value: str | Callable[[], str], **kwargs: Any) -> _Decoration:
         """Like :meth:`flask_limiter.Limiter.limit`, for a view, a blueprint or a block."""
@@ -490,7 +490,7 @@ class GatewayLimiter(_DeferredDecorators, Limiter):  # type: ignore[misc]
     """
 
     def __init__(
-        self, state: ObsState, key_func: KeyFunc, *, obs: GatewayObs | None = None, **options: Any
+        self, state: ObsState, key_func: KeyFunc, *, obs: Extension | None = None, **options: Any
     ) -> None:
         self._obs = obs
         # The fast path's plans, per endpoint and method, dropped when the limits change.
@@ -1292,7 +1292,7 @@ class _Decoration:
 
     def __init__(
         self,
-        obs: GatewayObs | None,
+        obs: Extension | None,
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -1366,7 +1366,7 @@ class _DeferredLimits:
 
 
 def _for_blueprint(
-    bp: Blueprint, action: Callable[[Limiter], object], obs: GatewayObs | None
+    bp: Blueprint, action: Callable[[Limiter], object], obs: Extension | None
 ) -> None:
     """Run ``action`` on the limiter of each app ``bp`` is registered on, now and later.
 
@@ -1413,7 +1413,7 @@ class _InertLimiter(_DeferredDecorators, Limiter):  # type: ignore[misc]
     """The app's limiter with ``GATEWAY_OBS_RATELIMIT_ENABLED`` off: counts nothing. Its
     decorators are the extension's, so a view still counts in another app that limits."""
 
-    def __init__(self, key_func: KeyFunc, obs: GatewayObs | None) -> None:
+    def __init__(self, key_func: KeyFunc, obs: Extension | None) -> None:
         super().__init__(key_func, enabled=False)
         self._obs = obs
 
@@ -1435,7 +1435,7 @@ class DeferredLimiter(_DeferredDecorators):
       exactly one.
     """
 
-    def __init__(self, obs: GatewayObs) -> None:
+    def __init__(self, obs: Extension) -> None:
         self._obs = obs
         self._filters: list[Callable[[], bool]] = []
 
@@ -1503,7 +1503,7 @@ class DeferredLimiter(_DeferredDecorators):
             setattr(self._here(name), name, value)
 
 
-def limiter_for(obs: GatewayObs) -> Limiter:
+def limiter_for(obs: Extension) -> Limiter:
     """``obs.limiter``: the current app's limiter, else the deferred one."""
     if has_app_context():
         limiter = _limiter_of(current_app)
@@ -1545,7 +1545,7 @@ def storage_options(uri: str, timeout: float) -> dict[str, Any]:
     return options
 
 
-def init_app(app: Flask, state: ObsState, obs: GatewayObs) -> None:
+def init_app(app: Flask, state: ObsState, obs: Extension) -> None:
     """Create the app's limiter (``state.limiter``) and install it."""
     settings = state.settings
     key_func = settings.ratelimit_key_func or client_address(settings.trusted_proxies)

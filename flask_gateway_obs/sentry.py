@@ -63,7 +63,7 @@ from .logs import (
 if TYPE_CHECKING:
     from flask import Request
 
-    from .extension import ObsState
+    from .core.state import ObsState
 
 __all__ = [
     "EVENT_ID_MEMBER",

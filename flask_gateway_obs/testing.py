@@ -1,4 +1,4 @@
-"""Helpers for users' own tests: capture the extension's log records, read a metric."""
+"""Helpers for users' own tests: capture the extension's log records, read a metric, reset."""
 
 from __future__ import annotations
 
@@ -8,12 +8,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .core.context import current_request
+from .core.process import reset as _reset_process
 from .logs import JsonFormatter
 
 if TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["LogCapture", "capture_logs", "metric_value"]
+__all__ = ["LogCapture", "capture_logs", "metric_value", "reset"]
+
+
+def reset() -> None:
+    """Forget every process-wide thing the extension keeps (Sentry clients, breakers used
+    outside an app, shared breaker-state connections, ...) and leave no request context.
+
+    Call it between tests (an autouse fixture) so that no test sees another's state;
+    per-app state goes with the app.
+    """
+    _reset_process()
+    current_request.set(None)
 
 
 class LogCapture(logging.Handler):

@@ -16,7 +16,8 @@ import pytest
 from flask import Flask
 
 from flask_gateway_obs import GatewayObs
-from flask_gateway_obs.logs import current_request
+from flask_gateway_obs.core.context import current_request
+from flask_gateway_obs.testing import reset as reset_process
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -46,6 +47,7 @@ def _reset_global_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     resilience = sys.modules.get("flask_gateway_obs.resilience")  # only if a test loaded it
     if resilience is not None:
         resilience.reset_default()  # breakers used outside an app context start afresh
+    reset_process()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     current_request.set(None)

@@ -15,7 +15,7 @@ from flask import Flask
 import flask_gateway_obs
 from flask_gateway_obs import CheckResult, GatewayObs
 from flask_gateway_obs.config import Keys
-from flask_gateway_obs.extension import EXTENSION_KEY
+from flask_gateway_obs.core.state import EXTENSION_KEY
 
 from .conftest import MakeApp, free_port
 

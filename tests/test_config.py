@@ -21,7 +21,7 @@ def test_defaults_load_without_any_key() -> None:
 
 def test_every_key_has_a_constant_and_a_description() -> None:
     """``Keys`` names every setting and every setting says what it accepts."""
-    constants = {v for k, v in vars(Keys).items() if k.isupper()}
+    constants = {getattr(Keys, k) for k in dir(Keys) if k.isupper()}
     assert constants == set(all_keys())
     for key, field in all_keys().items():
         assert key.startswith("GATEWAY_OBS_")

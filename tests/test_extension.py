@@ -11,7 +11,7 @@ from flask import Flask, Response, g
 
 from flask_gateway_obs import GatewayObs, get_request_id
 from flask_gateway_obs.config import Keys
-from flask_gateway_obs.extension import parse_traceparent
+from flask_gateway_obs.core.context import parse_traceparent
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

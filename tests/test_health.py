@@ -20,7 +20,8 @@ from flask import Flask
 
 from flask_gateway_obs import CheckResult, ConfigError, GatewayObs, HealthReport, health
 from flask_gateway_obs.config import Keys
-from flask_gateway_obs.extension import EXTENSION_KEY, Recorder
+from flask_gateway_obs.core.contracts import Recorder
+from flask_gateway_obs.core.state import EXTENSION_KEY
 from flask_gateway_obs.health import (
     DEGRADED,
     HEALTHY,

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flask_gateway_obs import AppError, BadRequestError, ConfigError, GatewayObs, normalize_path
 from flask_gateway_obs import metrics as metrics_module
 from flask_gateway_obs.config import Keys
+from flask_gateway_obs.core.contracts import Recorder
 from flask_gateway_obs.exposition import (
     CONTENT_TYPE_OPENMETRICS,
     CONTENT_TYPE_TEXT,
@@ -34,7 +35,6 @@ from flask_gateway_obs.exposition import (
     render,
     wants_openmetrics,
 )
-from flask_gateway_obs.extension import Recorder
 from flask_gateway_obs.labels import OTHER_METHOD, STANDARD_METHODS, UNMATCHED_ROUTE
 from flask_gateway_obs.metrics import MetricsRecorder, app_metrics
 from flask_gateway_obs.testing import capture_logs, metric_value

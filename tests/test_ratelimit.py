@@ -20,7 +20,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from flask_gateway_obs import ConfigError, GatewayObs, ServiceUnavailableError, ratelimit
 from flask_gateway_obs.config import Keys
-from flask_gateway_obs.extension import Recorder
+from flask_gateway_obs.core.contracts import Recorder
 from flask_gateway_obs.ratelimit import (
     DeferredLimiter,
     GatewayLimiter,

@@ -61,7 +61,7 @@ def sink() -> Iterator[SentrySink]:
 
 def sentry_app(make_app: MakeApp, dsn: str, **config: Any) -> Flask:
     """An app reporting to ``dsn`` with a few routes that fail in different ways."""
-    settings = {Keys.SENTRY_DSN: dsn, **{Keys.__dict__[k]: v for k, v in config.items()}}
+    settings = {Keys.SENTRY_DSN: dsn, **{getattr(Keys, k): v for k, v in config.items()}}
     app = make_app(config=settings)
 
     @app.get("/items/<int:item_id>")

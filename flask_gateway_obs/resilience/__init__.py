@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from flask import Flask, current_app
 
 from ..config import ConfigError, Keys, Settings
-from ..extension import EXTENSION_KEY, Recorder
+from ..core.contracts import Recorder
+from ..core.state import EXTENSION_KEY
 from ..logs import mask_url_credentials
 
 if TYPE_CHECKING:
-    from ..extension import GatewayObs, ObsState
+    from ..core.state import Extension, ObsState
     from .breaker import BreakerRegistry
     from .retry import RetryRegistry
 
@@ -264,7 +265,7 @@ def reset_default() -> None:
 def of_state(state: ObsState) -> Resilience:
     """The :class:`Resilience` of an app's state (set up by :func:`init_app`)."""
     found = state.resilience
-    if found is None:
+    if not isinstance(found, Resilience):
         raise RuntimeError("resilience is not set up on this app; call init_app first")
     return found
 
@@ -276,7 +277,7 @@ def _current_app() -> Flask | None:
         return None
 
 
-def current(obs: GatewayObs | None = None, app: Flask | None = None) -> Resilience:
+def current(obs: Extension | None = None, app: Flask | None = None) -> Resilience:
     """The :class:`Resilience` of the current app (or ``app``), else of ``obs``'s only
     app, else the process-wide default."""
     if app is None:
@@ -290,7 +291,7 @@ def current(obs: GatewayObs | None = None, app: Flask | None = None) -> Resilien
     return default()
 
 
-def resolver(get: Callable[[Resilience], T], obs: GatewayObs | None = None) -> Callable[[], T]:
+def resolver(get: Callable[[Resilience], T], obs: Extension | None = None) -> Callable[[], T]:
     """A function returning ``get(current(obs))``, cached for the last app seen
     (this is the per-call cost of a decorator applied at import time)."""
     last: tuple[Flask | None, Any] = (None, None)
@@ -341,7 +342,7 @@ def resilient(
     retry: str | Mapping[str, Any] | bool | None = None,
     breaker: str | Mapping[str, Any] | bool | None = None,
     fallback: Callable[..., Any] | None = None,
-    obs: GatewayObs | None = None,
+    obs: Extension | None = None,
 ) -> Callable[[F], F]:
     """Retry wrapping a circuit breaker, in one decorator: ``fallback(retry(breaker(fn)))``.
 

@@ -48,7 +48,7 @@ from ..errors import AppError, CircuitOpenError, ServiceUnavailableError
 from ..logs import LOGGER_NAME
 
 if TYPE_CHECKING:
-    from ..extension import Recorder, RequestObserver  # noqa: F401
+    from ..core.contracts import Recorder, RequestObserver  # noqa: F401
 
 __all__ = [
     "STATE_CODES",

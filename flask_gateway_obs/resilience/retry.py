@@ -43,7 +43,7 @@ from . import breaker as _breaker
 from .breaker import DEADLINES, status_of
 
 if TYPE_CHECKING:
-    from ..extension import Recorder
+    from ..core.contracts import Recorder
 
 __all__ = [
     "OUTCOMES",

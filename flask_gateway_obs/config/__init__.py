@@ -1,0 +1,133 @@
+"""Every configuration key, its default, its parser and its validation.
+
+Each key is a field of :class:`Settings`, composed of one group per concern
+(``config/base.py``, ``config/health.py``, ...). The field's metadata holds the
+``app.config`` key, the parser that validates and normalises a raw value and a
+short description of what the key accepts (used in error messages and the README
+table). :func:`load_settings` reads them all at ``init_app`` in one pass and raises
+one :class:`ConfigError` that names every bad key.
+
+Values may come from Python (``app.config[...] = 5``) or from the environment
+through ``app.config.from_prefixed_env()``, which hands over JSON-decoded values
+where it can and plain strings otherwise; every parser accepts both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .base import BaseKeys, BaseSettings
+from .health import HealthKeys, HealthSettings
+from .health import cross_checks as health_cross_checks
+from .metrics import MetricsKeys, MetricsSettings
+from .parsers import PREFIX, ConfigError, Parser, _Invalid, _Problems, parse_options
+from .ratelimit import RatelimitKeys, RatelimitSettings
+from .resilience import BREAKER_OPTIONS, RETRY_OPTIONS, ResilienceKeys, ResilienceSettings
+from .sentry import SENTRY_OFF, SentryKeys, SentrySettings
+
+__all__ = [
+    "BREAKER_OPTIONS",
+    "PREFIX",
+    "RETRY_OPTIONS",
+    "SENTRY_OFF",
+    "ConfigError",
+    "Keys",
+    "Parser",
+    "Settings",
+    "all_keys",
+    "check_overrides",
+    "load_settings",
+    "parse_options",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(
+    RatelimitSettings,
+    ResilienceSettings,
+    SentrySettings,
+    MetricsSettings,
+    HealthSettings,
+    BaseSettings,
+):
+    """The validated configuration of one app; read once at ``init_app``."""
+
+
+class Keys(BaseKeys, HealthKeys, MetricsKeys, SentryKeys, ResilienceKeys, RatelimitKeys):
+    """The ``app.config`` key of every setting, as constants for code and tests."""
+
+
+_FIELDS = {f.metadata["key"]: f for f in dataclasses.fields(Settings)}
+_BY_NAME = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+#: Rules between keys, one function per group: ``settings -> [(key, got, accepts)]``.
+_CROSS_CHECKS: tuple[Callable[[Settings], list[tuple[str, Any, str]]], ...] = (health_cross_checks,)
+
+
+def all_keys() -> dict[str, dataclasses.Field[Any]]:
+    """Every ``app.config`` key with its field (for docs and tests)."""
+    return dict(_FIELDS)
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor overrides by ``app.config`` key; by field name (``log_level``) or by key.
+
+    :raises TypeError: for a name that is no setting, with the closest one suggested.
+    """
+    normalised: dict[str, Any] = {}
+    for name, value in overrides.items():
+        field = _BY_NAME.get(name) or _FIELDS.get(name)
+        if field is None:
+            close = difflib.get_close_matches(name, [*_BY_NAME, *_FIELDS], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"GatewayObs() got an unknown setting {name!r}{hint}")
+        normalised[field.metadata["key"]] = value
+    return normalised
+
+
+def load_settings(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
+    """Validate the extension's keys of ``config`` and return them as :class:`Settings`.
+
+    ``overrides`` come from the constructor, by field name (``log_level``) or by
+    key (``GATEWAY_OBS_LOG_LEVEL``); a value in ``config`` wins over them.
+
+    :raises ConfigError: naming every bad key, what it got and what it accepts.
+    :raises TypeError: for an override that names no setting.
+    """
+    normalised = check_overrides(overrides)
+
+    values: dict[str, Any] = {}
+    problems: list[tuple[str, Any, str]] = []
+    for key, field in _FIELDS.items():
+        if key in config:
+            raw = config[key]
+        elif key in normalised:
+            raw = normalised[key]
+        else:
+            values[field.name] = field.default
+            continue
+        try:
+            values[field.name] = field.metadata["parse"](raw)
+        except _Problems as exc:  # a nested value names each bad part
+            problems.extend(exc.problems)
+        except _Invalid:
+            problems.append((key, raw, field.metadata["accepts"]))
+    for key in config:
+        if key.startswith(PREFIX) and key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f"a known key (did you mean {close[0]}?)" if close else "a known key"
+            problems.append((key, config[key], hint))
+    # Rules between keys run on what parsed (a bad key falls back to its default here),
+    # so one ConfigError names every problem at once.
+    bad = {problem[0] for problem in problems}
+    settings = Settings(**{**_DEFAULTS, **values})
+    for rules in _CROSS_CHECKS:
+        problems.extend(p for p in rules(settings) if p[0] not in bad)
+    if problems:
+        raise ConfigError(problems)
+    return settings

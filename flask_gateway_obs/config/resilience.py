@@ -1,0 +1,217 @@
+"""Keys of breakers and retries (``GATEWAY_OBS_BREAKER_*``, ``GATEWAY_OBS_RETRY_*``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from .parsers import (
+    PREFIX,
+    Parser,
+    _at_least,
+    _bool,
+    _choice,
+    _int,
+    _named_options,
+    _non_negative_float,
+    _optional,
+    _positive_float,
+    _setting,
+    _text,
+    _url,
+)
+
+#: option -> (parser, accepts) of one breaker in ``GATEWAY_OBS_BREAKERS`` and of
+#: ``obs.circuit_breaker(name, **options)``.
+BREAKER_OPTIONS: dict[str, tuple[Parser, str]] = {
+    "fail_max": (_int(1), "an integer >= 1"),
+    "reset_timeout": (_positive_float, "a number of seconds > 0"),
+    "success_threshold": (_int(1), "an integer >= 1"),
+    "half_open_max_calls": (_int(1), "an integer >= 1"),
+    "timeout": (_optional(_positive_float), "a number of seconds > 0, or null"),
+    "storage": (_choice("memory", "redis"), "one of memory, redis"),
+}
+#: option -> (parser, accepts) of one policy in ``GATEWAY_OBS_RETRY_POLICIES`` and of
+#: ``obs.retry(name, **options)``.
+RETRY_OPTIONS: dict[str, tuple[Parser, str]] = {
+    "max_attempts": (_int(1), "an integer >= 1"),
+    "base_delay": (_non_negative_float, "a number of seconds >= 0"),
+    "multiplier": (_at_least(1.0), "a number >= 1"),
+    "max_delay": (_non_negative_float, "a number of seconds >= 0"),
+    "jitter": (_choice("full", "equal", "none"), "one of full, equal, none"),
+    "deadline": (_optional(_positive_float), "a number of seconds > 0, or null"),
+    "respect_retry_after": (_bool, "a boolean"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResilienceSettings:
+    """Keys of breakers and retries (``GATEWAY_OBS_BREAKER_*``, ``GATEWAY_OBS_RETRY_*``)."""
+
+    # resilience
+    breaker_fail_max: int = _setting(
+        "BREAKER_FAIL_MAX",
+        5,
+        _int(1),
+        "an integer >= 1",
+        "consecutive failures that open a circuit breaker",
+    )
+    breaker_reset_timeout: float = _setting(
+        "BREAKER_RESET_TIMEOUT",
+        30.0,
+        _positive_float,
+        "a number of seconds > 0",
+        "how long an open breaker fails fast before it lets trial calls through (half-open)",
+    )
+    breaker_success_threshold: int = _setting(
+        "BREAKER_SUCCESS_THRESHOLD",
+        1,
+        _int(1),
+        "an integer >= 1",
+        "successful trial calls that close a half-open breaker",
+    )
+    breaker_half_open_max_calls: int = _setting(
+        "BREAKER_HALF_OPEN_MAX_CALLS",
+        1,
+        _int(1),
+        "an integer >= 1",
+        "trial calls a half-open breaker lets through at once (per process); the others fail fast",
+    )
+    breaker_timeout: float | None = _setting(
+        "BREAKER_TIMEOUT",
+        None,
+        _optional(_positive_float),
+        "a number of seconds > 0",
+        "a call slower than this fails with 504 and counts as a failure; it runs in a worker "
+        'thread and is not stopped (README: "Timeouts, honestly"); default: no timeout',
+    )
+    breaker_storage: str = _setting(
+        "BREAKER_STORAGE",
+        "memory",
+        _choice("memory", "redis"),
+        "one of memory, redis",
+        "``memory``: state per process; ``redis``: shared by every worker and host of the service",
+    )
+    breaker_redis_url: str | None = _setting(
+        "BREAKER_REDIS_URL",
+        None,
+        _optional(_url("redis", "rediss", "unix")),
+        "a redis://, rediss:// or unix:// URL",
+        "Redis for shared breaker state; default ``GATEWAY_OBS_REDIS_URL``",
+    )
+    breaker_redis_namespace: str | None = _setting(
+        "BREAKER_REDIS_NAMESPACE",
+        None,
+        _optional(_text),
+        "a non-empty string",
+        "key prefix of shared breaker state; default ``gateway_obs:<service name>``, so "
+        "the workers of one service share it and other services do not (set it or "
+        "``GATEWAY_OBS_SERVICE_NAME``: the import name is often just ``app``)",
+    )
+    breaker_redis_timeout: float = _setting(
+        "BREAKER_REDIS_TIMEOUT",
+        0.25,
+        _positive_float,
+        "a number of seconds > 0",
+        "connect and read timeout of breaker-state calls to Redis",
+    )
+    breaker_redis_retry_interval: float = _setting(
+        "BREAKER_REDIS_RETRY_INTERVAL",
+        5.0,
+        _positive_float,
+        "a number of seconds > 0",
+        "after a Redis error breakers use local state and try Redis again after this long",
+    )
+    breakers: Mapping[str, Mapping[str, Any]] | None = _setting(
+        "BREAKERS",
+        None,
+        _named_options("BREAKERS", BREAKER_OPTIONS),
+        "a dict (or JSON object) of breaker name -> {option: value}",
+        "per-breaker overrides of ``fail_max``, ``reset_timeout``, ``success_threshold``, "
+        "``half_open_max_calls``, ``timeout``, ``storage``",
+    )
+    retry_max_attempts: int = _setting(
+        "RETRY_MAX_ATTEMPTS",
+        3,
+        _int(1),
+        "an integer >= 1",
+        "attempts in all, the first one included (1: no retry)",
+    )
+    retry_base_delay: float = _setting(
+        "RETRY_BASE_DELAY",
+        0.1,
+        _non_negative_float,
+        "a number of seconds >= 0",
+        "backoff before the first retry, multiplied by ``GATEWAY_OBS_RETRY_MULTIPLIER`` "
+        "for each further one",
+    )
+    retry_multiplier: float = _setting(
+        "RETRY_MULTIPLIER",
+        2.0,
+        _at_least(1.0),
+        "a number >= 1",
+        "growth factor of the exponential backoff",
+    )
+    retry_max_delay: float = _setting(
+        "RETRY_MAX_DELAY",
+        2.0,
+        _non_negative_float,
+        "a number of seconds >= 0",
+        "cap of one backoff sleep; an upstream ``Retry-After`` above it ends the retries",
+    )
+    retry_jitter: str = _setting(
+        "RETRY_JITTER",
+        "full",
+        _choice("full", "equal", "none"),
+        "one of full, equal, none",
+        "``full``: sleep a random 0..backoff; ``equal``: backoff/2 plus a random 0..backoff/2",
+    )
+    retry_deadline: float | None = _setting(
+        "RETRY_DEADLINE",
+        10.0,
+        _optional(_positive_float),
+        "a number of seconds > 0, or empty for none",
+        "seconds from the first attempt: no retry starts unless its sleep and an attempt as "
+        "long as the previous one still end by then; caps a breaker ``timeout`` inside",
+    )
+    retry_respect_retry_after: bool = _setting(
+        "RETRY_RESPECT_RETRY_AFTER",
+        True,
+        _bool,
+        "a boolean",
+        "never retry sooner than an upstream's ``Retry-After`` (``retry_after`` attribute "
+        "or the header of the error's ``response``)",
+    )
+    retry_policies: Mapping[str, Mapping[str, Any]] | None = _setting(
+        "RETRY_POLICIES",
+        None,
+        _named_options("RETRY_POLICIES", RETRY_OPTIONS),
+        "a dict (or JSON object) of policy name -> {option: value}",
+        "named retry policies overriding ``max_attempts``, ``base_delay``, ``multiplier``, "
+        "``max_delay``, ``jitter``, ``deadline``, ``respect_retry_after``",
+    )
+
+
+class ResilienceKeys:
+    """The ``app.config`` keys of this group."""
+
+    BREAKER_FAIL_MAX = PREFIX + "BREAKER_FAIL_MAX"
+    BREAKER_RESET_TIMEOUT = PREFIX + "BREAKER_RESET_TIMEOUT"
+    BREAKER_SUCCESS_THRESHOLD = PREFIX + "BREAKER_SUCCESS_THRESHOLD"
+    BREAKER_HALF_OPEN_MAX_CALLS = PREFIX + "BREAKER_HALF_OPEN_MAX_CALLS"
+    BREAKER_TIMEOUT = PREFIX + "BREAKER_TIMEOUT"
+    BREAKER_STORAGE = PREFIX + "BREAKER_STORAGE"
+    BREAKER_REDIS_URL = PREFIX + "BREAKER_REDIS_URL"
+    BREAKER_REDIS_NAMESPACE = PREFIX + "BREAKER_REDIS_NAMESPACE"
+    BREAKER_REDIS_TIMEOUT = PREFIX + "BREAKER_REDIS_TIMEOUT"
+    BREAKER_REDIS_RETRY_INTERVAL = PREFIX + "BREAKER_REDIS_RETRY_INTERVAL"
+    BREAKERS = PREFIX + "BREAKERS"
+    RETRY_MAX_ATTEMPTS = PREFIX + "RETRY_MAX_ATTEMPTS"
+    RETRY_BASE_DELAY = PREFIX + "RETRY_BASE_DELAY"
+    RETRY_MULTIPLIER = PREFIX + "RETRY_MULTIPLIER"
+    RETRY_MAX_DELAY = PREFIX + "RETRY_MAX_DELAY"
+    RETRY_JITTER = PREFIX + "RETRY_JITTER"
+    RETRY_DEADLINE = PREFIX + "RETRY_DEADLINE"
+    RETRY_RESPECT_RETRY_AFTER = PREFIX + "RETRY_RESPECT_RETRY_AFTER"
+    RETRY_POLICIES = PREFIX + "RETRY_POLICIES"

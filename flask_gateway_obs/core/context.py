@@ -1,0 +1,138 @@
+"""The request being served: its ID, trace context and bound fields, in one context variable.
+
+The context lives in one :class:`contextvars.ContextVar`, so the threads of a threaded
+server never see each other's request, and ``async`` views (run by Flask through
+``asgiref``, which copies the context) see their own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+from typing import Any
+
+__all__ = [
+    "RequestContext",
+    "bind_context",
+    "current_request",
+    "get_request_id",
+    "get_trace_id",
+    "new_request_id",
+    "parse_traceparent",
+    "valid_request_id",
+]
+
+#: What an incoming request ID must look like to be kept.
+valid_request_id = re.compile(r"[A-Za-z0-9._-]{1,128}").fullmatch
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
+
+
+class RequestContext:
+    """What the extension knows about the request being served (one per request)."""
+
+    __slots__ = (
+        "bound",
+        "environ",
+        "finished",
+        "in_flight",
+        "method",
+        "path",
+        "request_id",
+        "response_size",
+        "route",
+        "service",
+        "span_id",
+        "start",
+        "status",
+        "trace_flags",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        service: str,
+        start: float,
+        environ: dict[str, Any] | None = None,
+        trace_id: str | None = None,
+        trace_flags: str = "01",
+    ) -> None:
+        self.request_id = request_id
+        self.service = service
+        self.start = start
+        self.environ = environ if environ is not None else {}
+        self.trace_id = trace_id
+        self.trace_flags = trace_flags
+        #: The current server span's ID (16 hex) when tracing is on.
+        self.span_id: str | None = None
+        #: Fields bound with :func:`bind_context`: on every log line of the request.
+        self.bound: dict[str, Any] | None = None
+        self.finished = False
+        #: Set by the metrics observer when it counted this request as in flight.
+        self.in_flight = False
+        # What the response turned out to be, noted when it starts.
+        self.method = "GET"
+        self.path = "/"
+        self.route: str | None = None
+        self.status = 0  # 0 until the response starts
+        self.response_size: int | None = None
+
+
+current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "flask_gateway_obs_request", default=None
+)
+
+
+def get_request_id() -> str | None:
+    """The current request's ID, or ``None`` outside a request."""
+    ctx = current_request.get()
+    return ctx.request_id if ctx is not None else None
+
+
+def get_trace_id() -> str | None:
+    """The W3C trace-id of the current request's ``traceparent``, if one arrived."""
+    ctx = current_request.get()
+    return ctx.trace_id if ctx is not None else None
+
+
+def bind_context(**fields: Any) -> None:
+    """Bind ``fields`` to the current request: they appear on every log line written
+    while it is served, its access line included, and are gone when it ends.
+
+    Secret-looking names are redacted like any other field. Outside a request
+    nothing is bound (there is nothing to bind to).
+
+    .. code-block:: python
+
+        bind_context(tenant="acme", client_id=client.id)
+    """
+    ctx = current_request.get()
+    if ctx is None or not fields:
+        return
+    if ctx.bound is None:
+        ctx.bound = dict(fields)
+    else:
+        ctx.bound.update(fields)
+
+
+def new_request_id() -> str:
+    """A random UUID4 as text (what ``str(uuid.uuid4())`` gives, at half the cost)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """``(trace_id, flags)`` of a valid W3C ``traceparent``, else ``None``."""
+    if not value or len(value) > 256:
+        return None
+    match = _TRACEPARENT(value.strip())
+    if match is None:
+        return None
+    version, trace_id, parent_id, flags = match.groups()
+    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return trace_id, flags

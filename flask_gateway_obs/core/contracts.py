@@ -1,0 +1,75 @@
+"""How concerns report: the recorder of metrics, request observers, error listeners.
+
+A concern never imports another concern. Breakers, retries, rate limits and health
+checks report what the metrics count through ``state.recorder`` (a :class:`Recorder`
+that does nothing until metrics are on); concerns that care about every request plug
+into the WSGI step as a :class:`RequestObserver`; concerns that care about errors
+(metrics, Sentry) add an :data:`ErrorListener`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .context import RequestContext
+
+__all__ = ["ErrorInfo", "ErrorListener", "Recorder", "RequestObserver"]
+
+
+class Recorder:
+    """Where concerns report what the metrics count; a no-op until metrics are on.
+
+    Breakers, retries, rate limits and health checks call these methods on
+    ``state.recorder`` and never import the metrics concern themselves.
+    """
+
+    def error(self, error_type: str, source: str) -> None:
+        """Count one error in ``errors_total{type,source}``."""
+
+    def dependency(self, dependency: str, operation: str, seconds: float, failed: bool) -> None:
+        """Observe one call in ``dependency_latency_seconds``; count it in
+        ``errors_total{source="dependency"}`` when it failed."""
+
+    def breaker_state(self, breaker: str, state: int) -> None:
+        """Set ``circuit_breaker_state{breaker}``: 0 closed, 1 open, 2 half-open."""
+
+    def retry_attempt(self, operation: str, outcome: str) -> None:
+        """Count ``retry_attempts_total{operation,outcome}``."""
+
+    def rate_limit_exceeded(self, route: str) -> None:
+        """Count ``rate_limit_exceeded_total{route}``."""
+
+    def health_check(self, check: str, status: str) -> None:
+        """Set ``health_check_status{check}`` from healthy / degraded / unhealthy."""
+
+
+class RequestObserver(Protocol):
+    """A concern that wants to know when each request starts and ends."""
+
+    def request_started(self, ctx: RequestContext) -> None:
+        """Called when a request arrives, before Flask routes it (no ``flask.request`` yet)."""
+
+    def request_finished(
+        self, ctx: RequestContext, method: str, route: str | None, status: int, duration: float
+    ) -> None:
+        """Called once per request with the URL rule (``None`` when nothing matched), the
+        final status and the duration in seconds."""
+
+
+@dataclass
+class ErrorInfo:
+    """What the error handler learned about one error; listeners may add ``extensions``."""
+
+    error: BaseException
+    status: int
+    code: str
+    operational: bool
+    source: str = "http"
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+
+#: A listener learns of each error once; it may add members to the problem body.
+ErrorListener = Callable[[ErrorInfo], None]

@@ -1,0 +1,237 @@
+"""The WSGI step around ``app.wsgi_app`` that runs the extension's hot path.
+
+Per request: :func:`begin` sets the request ID and starts the clock before Flask
+runs; the response is noted when it starts (status, size and the URL rule, while
+Flask's request context is still there); :func:`finish` ends the request once, after
+Flask's teardown (observers such as metrics, then the access line). No Flask hook
+runs unless a concern needs one (the rate limiter's gate).
+
+A streamed body (no ``Content-Length``) finishes when it is exhausted or closed,
+whichever comes first, so its duration and the in-flight gauge cover the streaming
+and logs written while it streams keep the request ID.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from flask import has_request_context, request
+
+from .. import errors
+from ..logs import AccessEntry
+from .context import RequestContext, current_request, parse_traceparent
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication as WSGIApp
+
+    from .state import ObsState
+
+__all__ = ["ObsMiddleware", "begin", "capture", "finish"]
+
+_MAX_LOGGED_PATH = 2048
+
+
+def begin(state: ObsState, environ: dict[str, Any]) -> RequestContext:
+    """Start a request: its ID, trace context and clock."""
+    ctx = RequestContext(state.request_id(environ), state.service, time.perf_counter(), environ)
+    traceparent = environ.get("HTTP_TRACEPARENT")
+    if traceparent is not None:
+        parsed = parse_traceparent(traceparent)
+        if parsed is not None:
+            ctx.trace_id, ctx.trace_flags = parsed
+    for observer in state.observers:
+        try:
+            observer.request_started(ctx)
+        except Exception:  # instrumentation never breaks a request
+            state.log.debug("request observer failed", exc_info=True)
+    return ctx
+
+
+def capture(ctx: RequestContext, status: int, size: int | None) -> None:
+    """Note what the response is, while Flask's request context (if any) is still there."""
+    ctx.status = status
+    ctx.response_size = size
+    if has_request_context():
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        rule = req.url_rule
+        ctx.method, ctx.path = req.method, req.path
+        ctx.route = rule.rule if rule is not None else None
+    else:  # the app failed before Flask could answer; only the environ is left
+        environ = ctx.environ
+        ctx.method = environ.get("REQUEST_METHOD", "GET")
+        ctx.path = environ.get("PATH_INFO", "/")
+
+
+def finish(state: ObsState, ctx: RequestContext) -> None:
+    """End a request once: observers (metrics), then the access line."""
+    if ctx.finished:
+        return
+    ctx.finished = True
+    duration = time.perf_counter() - ctx.start
+    method, path, route, status = ctx.method, ctx.path, ctx.route, ctx.status
+    for observer in state.observers:
+        try:
+            observer.request_finished(ctx, method, route, status, duration)
+        except Exception:
+            state.log.debug("request observer failed", exc_info=True)
+    if state.access_log_on and path not in state.quiet_paths:
+        try:  # noqa: SIM105 - contextlib.suppress costs more on every request
+            _log_access(state, ctx, duration)
+        except Exception:
+            pass
+
+
+def _log_access(state: ObsState, ctx: RequestContext, duration: float) -> None:
+    path = ctx.path
+    if len(path) > _MAX_LOGGED_PATH:
+        path = path[:_MAX_LOGGED_PATH] + "..."
+    environ = ctx.environ
+    user_agent = environ.get("HTTP_USER_AGENT")
+    if user_agent is not None and len(user_agent) > state.ua_max:
+        user_agent = user_agent[: state.ua_max]
+    state.access_log.write(
+        AccessEntry(
+            ctx.method,
+            path,
+            ctx.route,
+            ctx.status,
+            round(duration * 1000.0, 3),
+            environ.get("REMOTE_ADDR"),
+            user_agent,
+            ctx.response_size,
+        )
+    )
+
+
+def escaped_error(
+    state: ObsState, ctx: RequestContext, start_response: StartResponse
+) -> Iterable[bytes]:
+    """An exception escaped the app (a failing teardown hook, or a testing app that
+    propagates errors): end the request as a 500 and answer problem+json if the
+    response has not started; a testing app gets the exception re-raised."""
+    error = sys.exc_info()[1]
+    capture(ctx, 500, None)
+    finish(state, ctx)
+    if error is not None:
+        errors.report_escaped(state, error)
+    app = state.app
+    propagate = app.config.get("PROPAGATE_EXCEPTIONS")
+    if propagate or (propagate is None and (app.testing or app.debug)):
+        raise  # the exception being handled, as Flask itself would
+    body = errors.escaped_problem(ctx.request_id, ctx.path).encode()
+    headers = [
+        ("Content-Type", errors.PROBLEM_JSON),
+        ("Content-Length", str(len(body))),
+        (state.header_name, ctx.request_id),
+    ]
+    start_response("500 INTERNAL SERVER ERROR", headers, sys.exc_info())
+    return [body]
+
+
+class ObsMiddleware:
+    """The WSGI step around ``app.wsgi_app``; see the module's docstring."""
+
+    __slots__ = ("state", "wsgi_app")
+
+    def __init__(self, state: ObsState, wsgi_app: WSGIApp) -> None:
+        self.state = state
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        state = self.state
+        ctx = begin(state, environ)
+        token = current_request.set(ctx)
+        try:
+            try:
+                app_iter = self.wsgi_app(environ, _StartResponse(state, ctx, start_response))
+            except Exception:
+                # Past Flask's own handlers: a failing teardown hook, or a testing app
+                # that propagates. Answer (or re-raise) and still end the request once.
+                return escaped_error(state, ctx, start_response)
+            if ctx.response_size is not None or ctx.status in (204, 304):
+                finish(state, ctx)
+                return app_iter
+            return _ClosingBody(app_iter, state, ctx)
+        finally:
+            current_request.reset(token)
+
+
+class _StartResponse:
+    """Puts the request ID header on the response and notes what the response is."""
+
+    __slots__ = ("ctx", "start_response", "state")
+
+    def __init__(self, state: ObsState, ctx: RequestContext, start_response: StartResponse) -> None:
+        self.state = state
+        self.ctx = ctx
+        self.start_response = start_response
+
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        state = self.state
+        ours = state.header_name_lower
+        size = None
+        for index in range(len(headers) - 1, -1, -1):
+            name = headers[index][0].lower()
+            if name == "content-length":
+                value = headers[index][1]
+                size = int(value) if value.isdigit() else None
+            elif name == ours:  # ours wins over one a view or an upstream set
+                del headers[index]
+        headers.append((state.header_name, self.ctx.request_id))
+        try:
+            code = int(status[:3])
+        except ValueError:
+            code = 500
+        capture(self.ctx, code, size)
+        return self.start_response(status, headers, exc_info)
+
+
+class _ClosingBody:
+    """A streamed body: iterated in the request's log context, finished when exhausted
+    or closed, whichever comes first."""
+
+    __slots__ = ("app_iter", "ctx", "state")
+
+    def __init__(self, app_iter: Iterable[bytes], state: ObsState, ctx: RequestContext) -> None:
+        self.app_iter = app_iter
+        self.state = state
+        self.ctx = ctx
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self.app_iter)
+        while True:
+            token = current_request.set(self.ctx)
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                finish(self.state, self.ctx)
+                return
+            except Exception as error:
+                # The status is sent already; the error still reaches the log, the
+                # metrics and Sentry, once, with the request's ID.
+                errors.report_escaped(self.state, error)
+                raise
+            finally:
+                current_request.reset(token)
+            yield chunk
+
+    def close(self) -> None:
+        token = current_request.set(self.ctx)
+        try:
+            close = getattr(self.app_iter, "close", None)
+            if close is not None:
+                close()
+        finally:
+            ctx = self.ctx
+            if ctx.status == 0:  # never started: the client went away first
+                capture(ctx, 499, None)
+            try:
+                finish(self.state, ctx)
+            finally:
+                current_request.reset(token)

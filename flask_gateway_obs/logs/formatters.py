@@ -1,0 +1,331 @@
+"""The JSON and console formatters: one record, one line, secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..core.context import current_request, get_request_id
+from .loggers import _RESERVED, ACCESS_LOGGER_NAME
+from .redaction import REDACTED, Redactor, _safe_repr, escape_control, mask_url_credentials
+
+_LEVEL_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+def _level_name(levelno: int) -> str:
+    return _LEVEL_NAMES.get(levelno) or logging.getLevelName(levelno).lower()
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        message = record.getMessage()
+    except Exception:  # bad %-args: keep both parts rather than lose the record
+        message = f"{_safe_repr(record.msg)} {_safe_repr(record.args)}"
+    if "\x1b[" in message:  # terminal colours (werkzeug's banner) mean nothing in a log line
+        message = _ANSI_SGR.sub("", message)
+    return mask_url_credentials(message)
+
+
+_ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _Timestamps:
+    """ISO 8601 UTC timestamps with milliseconds, the seconds part cached."""
+
+    __slots__ = ("_cached",)
+
+    def __init__(self) -> None:
+        # One tuple, replaced whole, so that threads never see a second and a text
+        # that don't belong together.
+        self._cached = (-1, "")
+
+    def format(self, created: float) -> str:
+        second = int(created)
+        cached = self._cached
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._cached = cached
+        return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
+
+
+_esc = json.encoder.encode_basestring_ascii
+#: Fields of every record and of the access line, which a bound field never replaces.
+_ACCESS_FIELDS = frozenset(
+    {
+        "timestamp",
+        "level",
+        "logger",
+        "message",
+        "service",
+        "request_id",
+        "trace_id",
+        "span_id",
+        "method",
+        "path",
+        "route",
+        "status",
+        "duration_ms",
+        "remote_addr",
+        "user_agent",
+        "response_size",
+    }
+)
+
+
+def _opt(value: str | None) -> str:
+    return "null" if value is None else _esc(value)
+
+
+#: Built once: ``json.dumps(..., default=...)`` would build an encoder per call.
+#: NaN and Infinity are refused (they are not JSON); the caller falls back to
+#: :meth:`Redactor.redact`, which writes them as strings.
+_ENCODER = json.JSONEncoder(default=_safe_repr, allow_nan=False)
+
+
+class AccessEntry:
+    """The fields of one access line."""
+
+    __slots__ = (
+        "duration_ms",
+        "message",
+        "method",
+        "path",
+        "remote_addr",
+        "response_size",
+        "route",
+        "status",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        route: str | None,
+        status: int,
+        duration_ms: float,
+        remote_addr: str | None,
+        user_agent: str | None,
+        response_size: int | None,
+    ) -> None:
+        self.message = f"{method} {path} {status}"
+        self.method = method
+        self.path = path
+        self.route = route
+        self.status = status
+        self.duration_ms = duration_ms
+        self.remote_addr = remote_addr
+        self.user_agent = user_agent
+        self.response_size = response_size
+
+    def fields(self) -> dict[str, Any]:
+        """The fields as ``extra`` for an ordinary log record."""
+        return {
+            "method": self.method,
+            "path": self.path,
+            "route": self.route,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+            "remote_addr": self.remote_addr,
+            "user_agent": self.user_agent,
+            "response_size": self.response_size,
+        }
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: timestamp, level, logger, message, service, request_id, ...
+
+    :param service: the ``service`` field outside a request (inside one, the
+        request's app decides).
+    :param redact_keys: key fragments added to :data:`SECRET_FRAGMENTS`.
+    """
+
+    def __init__(self, service: str = "app", redact_keys: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.service = service
+        self.redactor = Redactor(redact_keys)
+        self._timestamps = _Timestamps()
+
+    def build(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The record as a dict of JSON-ready fields."""
+        ctx = current_request.get()
+        payload: dict[str, Any] = {
+            "timestamp": self._timestamps.format(record.created),
+            "level": _level_name(record.levelno),
+            "logger": record.name,
+            "message": _message(record),
+            "service": ctx.service if ctx is not None else self.service,
+            "request_id": ctx.request_id if ctx is not None else None,
+        }
+        redactor = self.redactor
+        if ctx is not None and ctx.trace_id is not None:
+            payload["trace_id"] = ctx.trace_id
+            if ctx.span_id is not None:
+                payload["span_id"] = ctx.span_id
+        for key, value in record.__dict__.items():
+            if key in _RESERVED or key in payload:
+                continue
+            if redactor.is_secret(key):
+                payload[key] = REDACTED
+            elif value is None or type(value) in (str, int, float, bool):
+                payload[key] = value
+            else:
+                payload[key] = redactor.redact(value)
+        if ctx is not None and ctx.bound:
+            self._add_bound(payload, ctx.bound)
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, exc, tb = record.exc_info
+            payload["exc_type"] = exc_type.__name__
+            payload["exc_message"] = mask_url_credentials(_safe_str(exc))
+            payload["stack"] = mask_url_credentials(
+                "".join(traceback.format_exception(exc_type, exc, tb))
+            )
+        if record.stack_info:
+            payload["stack_info"] = record.stack_info
+        return payload
+
+    def access_line(self, entry: AccessEntry) -> str:
+        """The JSON line of an access record, built without a ``LogRecord``.
+
+        The same fields, in the same order, as :meth:`build` gives for the record
+        that :meth:`AccessLog.write` would otherwise log; strings go through the
+        json module's own C escaper, so the line is always valid JSON.
+        """
+        ctx = current_request.get()
+        if ctx is not None:
+            service, request_id = ctx.service, _esc(ctx.request_id)
+            trace = "" if ctx.trace_id is None else f', "trace_id": {_esc(ctx.trace_id)}'
+            if ctx.span_id is not None and trace:
+                trace = f'{trace}, "span_id": {_esc(ctx.span_id)}'
+            bound = ctx.bound
+        else:
+            service, request_id, trace, bound = self.service, "null", "", None
+        e = entry
+        message = _esc(mask_url_credentials(e.message))
+        return (
+            f'{{"timestamp": "{self._timestamps.format(time.time())}", "level": "info", '
+            f'"logger": "{ACCESS_LOGGER_NAME}", "message": {message}, '
+            f'"service": {_esc(service)}, "request_id": {request_id}{trace}, '
+            f'"method": {_esc(e.method)}, "path": {_esc(e.path)}, "route": {_opt(e.route)}, '
+            f'"status": {e.status:d}, "duration_ms": {e.duration_ms!r}, '
+            f'"remote_addr": {_opt(e.remote_addr)}, "user_agent": {_opt(e.user_agent)}, '
+            f'"response_size": {"null" if e.response_size is None else f"{e.response_size:d}"}'
+            f"{self._bound_json(bound) if bound else ''}}}"
+        )
+
+    def _add_bound(self, payload: dict[str, Any], bound: Mapping[str, Any]) -> None:
+        # A bound field never replaces a standard one: it is kept under ``<name>_``.
+        redactor = self.redactor
+        for key, value in bound.items():
+            name = key if key not in payload and key not in _ACCESS_FIELDS else f"{key}_"
+            payload[name] = REDACTED if redactor.is_secret(key) else redactor.redact(value)
+
+    def _bound_json(self, bound: Mapping[str, Any]) -> str:
+        fields: dict[str, Any] = {}
+        self._add_bound(fields, bound)
+        text = _ENCODER.encode(fields)
+        return ", " + text[1:-1] if len(text) > 2 else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            payload = self.build(record)
+            try:
+                return _ENCODER.encode(payload)
+            except (TypeError, ValueError):  # e.g. a circular structure
+                return _ENCODER.encode(self.redactor.redact(payload))
+        except Exception:  # logging must never fail: emit what we safely can
+            return json.dumps(
+                {
+                    "timestamp": self._timestamps.format(record.created),
+                    "level": _level_name(record.levelno),
+                    "logger": record.name,
+                    "message": "unformattable log record",
+                    "service": self.service,
+                    "request_id": get_request_id(),
+                }
+            )
+
+
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return _safe_repr(value)
+
+
+_COLOURS = {
+    "debug": "\x1b[2m",
+    "info": "\x1b[32m",
+    "warning": "\x1b[33m",
+    "error": "\x1b[31m",
+    "critical": "\x1b[1;31m",
+}
+_RESET = "\x1b[0m"
+
+
+class ConsoleFormatter(JsonFormatter):
+    """Human-readable single-line records for development, coloured on a terminal.
+
+    :param colour: ``None`` decides per stream (a TTY, and ``NO_COLOR`` unset).
+    """
+
+    def __init__(
+        self, service: str = "app", redact_keys: Iterable[str] = (), colour: bool | None = None
+    ) -> None:
+        super().__init__(service, redact_keys)
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            payload = self.build(record)
+            level = payload.pop("level")
+            clock = payload.pop("timestamp")[11:23]
+            logger_name = payload.pop("logger")
+            message = payload.pop("message")
+            payload.pop("service")
+            stack = payload.pop("stack", None)
+            fields = " ".join(
+                f"{key}={_console_value(value)}"
+                for key, value in payload.items()
+                if value is not None
+            )
+            rest = f"{logger_name}: {message}"
+            if fields:
+                rest = f"{rest}  {fields}"
+            if stack:
+                rest = f"{rest}  stack={stack}"
+            level_text = f"{level.upper():<8}"
+            if self._use_colour():
+                level_text = f"{_COLOURS.get(level, '')}{level_text}{_RESET}"
+            # Escape only what came from the record, so one record stays one line.
+            return f"{clock} {level_text} {escape_control(rest)}"
+        except Exception:
+            return escape_control(f"unformattable log record from {record.name}")
+
+    def _use_colour(self) -> bool:
+        if self.colour is not None:
+            return self.colour
+        return "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _console_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else json.dumps(value)
+    try:
+        return json.dumps(value, default=_safe_repr)
+    except (TypeError, ValueError):
+        return _safe_repr(value)

@@ -1,0 +1,122 @@
+"""Handlers, filters and the root-logger set-up the extension installs."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from collections.abc import Iterable
+from typing import IO
+
+from ..core.context import current_request
+from .formatters import ConsoleFormatter, JsonFormatter
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds ``request_id`` (and ``trace_id`` when known) to every record.
+
+    For users who keep their own logging set-up and formatters
+    (``GATEWAY_OBS_LOG_CONFIGURE=False``).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = current_request.get()
+        record.request_id = ctx.request_id if ctx is not None else None
+        if ctx is not None and ctx.trace_id is not None:
+            record.trace_id = ctx.trace_id
+        return True
+
+
+# --- handlers and set-up -------------------------------------------------------------
+
+
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # not generic at 3.10
+    """Writes to whatever ``sys.stdout`` is at emit time; never prints logging errors."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # A closed or broken stdout must not fail the request that logged.
+        pass
+
+    def write_line(self, line: str) -> None:
+        """Write one pre-formatted line, as ``emit`` would."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                stream = sys.stdout
+                stream.write(line + "\n")
+                stream.flush()
+            except Exception:
+                pass
+
+
+class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+_OWNED = "_flask_gateway_obs_handler"
+
+
+class ServerAccessLineFilter(logging.Filter):
+    """Drops the development server's own per-request lines (``"GET /?q=.." 200 -``):
+    our access line replaces them, with the request ID and without the query string.
+    Its start-up banner and its error lines stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        try:
+            return " - - [" not in record.getMessage()[:96]
+        except Exception:
+            return True
+
+
+def quiet_server_access_lines() -> None:
+    """Install :class:`ServerAccessLineFilter` on werkzeug's logger, once."""
+    server_logger = logging.getLogger("werkzeug")
+    if not any(isinstance(f, ServerAccessLineFilter) for f in server_logger.filters):
+        server_logger.addFilter(ServerAccessLineFilter())
+
+
+def configure_logging(
+    *,
+    service: str,
+    level: int,
+    console: bool,
+    redact_keys: Iterable[str] = (),
+    log_file: str | None = None,
+    max_bytes: int = 10 * 1024 * 1024,
+    backup_count: int = 5,
+) -> list[logging.Handler]:
+    """Install our handler(s) on the root logger, replacing any we installed before."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _OWNED, False):
+            root.removeHandler(handler)
+            handler.close()
+    formatter: logging.Formatter = (
+        ConsoleFormatter(service, redact_keys) if console else JsonFormatter(service, redact_keys)
+    )
+    handlers: list[logging.Handler] = [_StdoutHandler()]
+    handlers[0].setFormatter(formatter)
+    if log_file:
+        file_handler = _RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True
+        )
+        file_handler.setFormatter(JsonFormatter(service, redact_keys))
+        handlers.append(file_handler)
+    for handler in handlers:
+        setattr(handler, _OWNED, True)
+        root.addHandler(handler)
+    root.setLevel(level)
+    return handlers
