@@ -9,14 +9,15 @@ into the WSGI step as a :class:`RequestObserver`; concerns that care about error
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .context import RequestContext
 
-__all__ = ["ErrorInfo", "ErrorListener", "Recorder", "RequestObserver"]
+__all__ = ["ErrorInfo", "ErrorListener", "Recorder", "RequestObserver", "Tracer"]
 
 
 class Recorder:
@@ -44,6 +45,21 @@ class Recorder:
 
     def health_check(self, check: str, status: str) -> None:
         """Set ``health_check_status{check}`` from healthy / degraded / unhealthy."""
+
+
+class Tracer:
+    """Where concerns report to tracing; a no-op until tracing is on.
+
+    Breakers and retries add span events to the current span, dependency tracking
+    opens client spans, through ``state.tracer``: they never import OpenTelemetry.
+    """
+
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        """Add the event ``name`` to the current span (breaker transitions, retry attempts)."""
+
+    def client_span(self, dependency: str, operation: str) -> AbstractContextManager[Any]:
+        """A CLIENT span around one call to ``dependency`` under the current span."""
+        return nullcontext()
 
 
 class RequestObserver(Protocol):

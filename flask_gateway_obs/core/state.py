@@ -16,7 +16,7 @@ from flask import Flask, Response, current_app, has_app_context, request
 
 from ..logs import AccessLog
 from .context import RequestContext, current_request, new_request_id, valid_request_id
-from .contracts import ErrorListener, Recorder, RequestObserver
+from .contracts import ErrorListener, Recorder, RequestObserver, Tracer
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -41,6 +41,8 @@ class ObsState:
         self.observers: list[RequestObserver] = []
         #: Replaced by the metrics concern's recorder when metrics are enabled.
         self.recorder: Recorder = Recorder()
+        #: Replaced by the tracing concern's tracer when tracing is enabled.
+        self.tracer: Tracer = Tracer()
         #: Paths of the extension's own endpoints (health, metrics).
         self.internal_paths: set[str] = set()
         #: Before-request steps that may end the request by raising (the rate limiter).
@@ -58,8 +60,6 @@ class ObsState:
         self.resilience: Any = None
         #: The app's ``flask_limiter.Limiter`` (rate-limit concern).
         self.limiter: Any = None
-        #: The tracing concern's adapter, when tracing is on.
-        self.tracing: Any = None
         self.quiet_paths: set[str] = set(settings.log_access_exclude_paths)
         self.header_name = settings.request_id_header
         self.header_name_lower = self.header_name.lower()
