@@ -268,21 +268,33 @@ def problem_response(
 
 
 def problem_json(body: dict[str, Any]) -> str:
-    """The body as strict JSON (NaN and Infinity in ``details`` become strings)."""
+    """The body as strict JSON. What JSON cannot hold in ``details`` is rendered as
+    text: NaN and Infinity become strings, keys that are not strings (a tuple) their
+    ``str()``, other objects their ``str()``; the status and the rest stay."""
     try:
         return json.dumps(body, default=str, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(body), default=str)
+    except (TypeError, ValueError):
+        return json.dumps(_jsonable(body, 0), default=str)
 
 
-def _finite(value: Any) -> Any:
+def _jsonable(value: Any, depth: int) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if depth > 16:  # a self-containing structure
+        return "..."
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return {_key(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v, depth + 1) for v in value]
     return value
+
+
+def _key(key: Any) -> str | int | float | bool | None:
+    if key is None or isinstance(key, (str, int, bool)):
+        return key
+    if isinstance(key, float):
+        return key if math.isfinite(key) else repr(key)
+    return str(key)
 
 
 def _log_error(info: ErrorInfo) -> None:

@@ -260,3 +260,18 @@ def test_non_finite_details_still_give_strict_json(make_app) -> None:
     response = app.test_client().get("/nan")
     body = json.loads(response.data, parse_constant=lambda c: pytest.fail(c))
     assert body["errors"] == {"score": "nan"}
+
+
+def test_details_json_cannot_hold_still_answer_their_own_status(make_app) -> None:
+    """Details with a tuple key or an object render as text; the error keeps its status."""
+    app = make_app()
+
+    @app.get("/odd")
+    def odd_view() -> str:
+        raise ValidationError("bad", details={("a", 1): "tuple key", "when": object()})
+
+    response = app.test_client().get("/odd")
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["code"] == "validation_error" and body["errors"]["('a', 1)"] == "tuple key"
+    assert body["request_id"] == response.headers["X-Request-ID"]

@@ -107,8 +107,8 @@ class BaseSettings:
     log_user_agent_max: int = _setting(
         "LOG_USER_AGENT_MAX",
         256,
-        _int(0),
-        "an integer >= 0",
+        _int(0, 65_536),
+        "an integer from 0 to 65536",
         "the access log truncates the user agent to this many characters",
     )
     log_redact_keys: tuple[str, ...] = _setting(
@@ -128,15 +128,15 @@ class BaseSettings:
     log_file_max_bytes: int = _setting(
         "LOG_FILE_MAX_BYTES",
         10 * 1024 * 1024,
-        _int(1),
-        "an integer >= 1",
+        _int(1, 2**40),
+        "an integer from 1 to 1099511627776",
         "size at which the log file rotates",
     )
     log_file_backup_count: int = _setting(
         "LOG_FILE_BACKUP_COUNT",
         5,
-        _int(0),
-        "an integer >= 0",
+        _int(0, 1_000),
+        "an integer from 0 to 1000",
         "rotated log files kept",
     )
     # errors

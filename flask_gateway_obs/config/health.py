@@ -59,21 +59,21 @@ class HealthSettings:
         "HEALTH_TIMEOUT",
         2.0,
         _positive_float,
-        "a number of seconds > 0",
+        "a number of seconds > 0 and <= 86400",
         "default time limit of each check; a check over it is unhealthy with reason ``timeout``",
     )
     health_cache_ttl: float = _setting(
         "HEALTH_CACHE_TTL",
         2.0,
         _non_negative_float,
-        "a number of seconds >= 0",
+        "a number of seconds from 0 to 86400",
         "a check's result is reused for this long in each worker process; 0 disables the cache",
     )
     health_max_workers: int = _setting(
         "HEALTH_MAX_WORKERS",
         8,
-        _int(1),
-        "an integer >= 1",
+        _int(1, 256),
+        "an integer from 1 to 256",
         "threads (per worker process) that run checks concurrently",
     )
     health_show_details: str = _setting(

@@ -98,7 +98,7 @@ class MetricsSettings:
         "METRICS_CACHE_SECONDS",
         0.0,
         _non_negative_float,
-        "a number of seconds >= 0",
+        "a number of seconds from 0 to 86400",
         "reuse a rendered exposition for this long (per worker); 0 renders every scrape",
     )
 

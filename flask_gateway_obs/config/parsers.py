@@ -74,41 +74,48 @@ def _bool(value: Any) -> bool:
     raise _Invalid
 
 
+#: The longest duration any key accepts: one day. Longer ones are mistakes (``1e10``
+#: overflows the clocks that timeouts are computed with).
+MAX_SECONDS = 86_400.0
+
+
 def _number(value: Any) -> float:
     if isinstance(value, bool):
         raise _Invalid
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
             number = float(value.strip())
-        except ValueError:
-            raise _Invalid from None
-    else:
-        raise _Invalid
+        else:
+            raise _Invalid
+    except (ValueError, OverflowError):  # "abc", or an integer with 400 digits
+        raise _Invalid from None
     if not math.isfinite(number):
         raise _Invalid
     return number
 
 
 def _positive_float(value: Any) -> float:
+    """Seconds > 0, at most :data:`MAX_SECONDS`."""
     number = _number(value)
-    if number <= 0:
+    if not 0 < number <= MAX_SECONDS:
         raise _Invalid
     return number
 
 
 def _non_negative_float(value: Any) -> float:
+    """Seconds >= 0, at most :data:`MAX_SECONDS`."""
     number = _number(value)
-    if number < 0:
+    if not 0 <= number <= MAX_SECONDS:
         raise _Invalid
     return number
 
 
-def _int(minimum: int) -> Parser:
+def _int(minimum: int, maximum: int) -> Parser:
     def parse(value: Any) -> int:
         number = _number(value)
-        if number != int(number) or number < minimum:
+        if number != int(number) or not minimum <= number <= maximum:
             raise _Invalid
         return int(number)
 
@@ -226,10 +233,7 @@ def _path(value: Any) -> str:
 
 
 def _http_status(value: Any) -> int:
-    number = _int(200)(value)
-    if number > 599:
-        raise _Invalid
-    return int(number)
+    return int(_int(200, 599)(value))
 
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*").fullmatch
@@ -303,10 +307,10 @@ class _Problems(_Invalid):
         self.problems = problems
 
 
-def _at_least(minimum: float) -> Parser:
+def _between(minimum: float, maximum: float) -> Parser:
     def parse(value: Any) -> float:
         number = _number(value)
-        if number < minimum:
+        if not minimum <= number <= maximum:
             raise _Invalid
         return number
 

@@ -49,7 +49,7 @@ class RatelimitSettings:
         "RATELIMIT_STORAGE_TIMEOUT",
         0.25,
         _positive_float,
-        "a number of seconds > 0",
+        "a number of seconds > 0 and <= 86400",
         "connect and read timeout of a Redis limiter storage, unless "
         "``RATELIMIT_STORAGE_OPTIONS`` sets ``socket_timeout`` / ``socket_connect_timeout``",
     )
@@ -57,15 +57,15 @@ class RatelimitSettings:
         "RATELIMIT_PROBE_INTERVAL",
         30.0,
         _positive_float,
-        "a number of seconds > 0",
+        "a number of seconds > 0 and <= 86400",
         "longest wait between two checks of a limiter storage that is down (the wait starts at "
         "0.5 s and doubles)",
     )
     trusted_proxies: int = _setting(
         "TRUSTED_PROXIES",
         0,
-        _int(0),
-        "an integer >= 0",
+        _int(0, 32),
+        "an integer from 0 to 32",
         "proxies in front of the app that append to ``X-Forwarded-For``; the limiter's client is "
         "the Nth address from the right, as with werkzeug's ``ProxyFix`` (0: the socket address)",
     )

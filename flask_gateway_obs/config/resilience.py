@@ -9,7 +9,7 @@ from typing import Any
 from .parsers import (
     PREFIX,
     Parser,
-    _at_least,
+    _between,
     _bool,
     _choice,
     _int,
@@ -25,22 +25,22 @@ from .parsers import (
 #: option -> (parser, accepts) of one breaker in ``GATEWAY_OBS_BREAKERS`` and of
 #: ``obs.circuit_breaker(name, **options)``.
 BREAKER_OPTIONS: dict[str, tuple[Parser, str]] = {
-    "fail_max": (_int(1), "an integer >= 1"),
-    "reset_timeout": (_positive_float, "a number of seconds > 0"),
-    "success_threshold": (_int(1), "an integer >= 1"),
-    "half_open_max_calls": (_int(1), "an integer >= 1"),
-    "timeout": (_optional(_positive_float), "a number of seconds > 0, or null"),
+    "fail_max": (_int(1, 100_000), "an integer from 1 to 100000"),
+    "reset_timeout": (_positive_float, "a number of seconds > 0 and <= 86400"),
+    "success_threshold": (_int(1, 10_000), "an integer from 1 to 10000"),
+    "half_open_max_calls": (_int(1, 10_000), "an integer from 1 to 10000"),
+    "timeout": (_optional(_positive_float), "a number of seconds > 0 and <= 86400, or null"),
     "storage": (_choice("memory", "redis"), "one of memory, redis"),
 }
 #: option -> (parser, accepts) of one policy in ``GATEWAY_OBS_RETRY_POLICIES`` and of
 #: ``obs.retry(name, **options)``.
 RETRY_OPTIONS: dict[str, tuple[Parser, str]] = {
-    "max_attempts": (_int(1), "an integer >= 1"),
-    "base_delay": (_non_negative_float, "a number of seconds >= 0"),
-    "multiplier": (_at_least(1.0), "a number >= 1"),
-    "max_delay": (_non_negative_float, "a number of seconds >= 0"),
+    "max_attempts": (_int(1, 100), "an integer from 1 to 100"),
+    "base_delay": (_non_negative_float, "a number of seconds from 0 to 86400"),
+    "multiplier": (_between(1.0, 100.0), "a number from 1 to 100"),
+    "max_delay": (_non_negative_float, "a number of seconds from 0 to 86400"),
     "jitter": (_choice("full", "equal", "none"), "one of full, equal, none"),
-    "deadline": (_optional(_positive_float), "a number of seconds > 0, or null"),
+    "deadline": (_optional(_positive_float), "a number of seconds > 0 and <= 86400, or null"),
     "respect_retry_after": (_bool, "a boolean"),
 }
 
@@ -53,36 +53,36 @@ class ResilienceSettings:
     breaker_fail_max: int = _setting(
         "BREAKER_FAIL_MAX",
         5,
-        _int(1),
-        "an integer >= 1",
+        _int(1, 100_000),
+        "an integer from 1 to 100000",
         "consecutive failures that open a circuit breaker",
     )
     breaker_reset_timeout: float = _setting(
         "BREAKER_RESET_TIMEOUT",
         30.0,
         _positive_float,
-        "a number of seconds > 0",
+        "a number of seconds > 0 and <= 86400",
         "how long an open breaker fails fast before it lets trial calls through (half-open)",
     )
     breaker_success_threshold: int = _setting(
         "BREAKER_SUCCESS_THRESHOLD",
         1,
-        _int(1),
-        "an integer >= 1",
+        _int(1, 10_000),
+        "an integer from 1 to 10000",
         "successful trial calls that close a half-open breaker",
     )
     breaker_half_open_max_calls: int = _setting(
         "BREAKER_HALF_OPEN_MAX_CALLS",
         1,
-        _int(1),
-        "an integer >= 1",
+        _int(1, 10_000),
+        "an integer from 1 to 10000",
         "trial calls a half-open breaker lets through at once (per process); the others fail fast",
     )
     breaker_timeout: float | None = _setting(
         "BREAKER_TIMEOUT",
         None,
         _optional(_positive_float),
-        "a number of seconds > 0",
+        "a number of seconds > 0 and <= 86400",
         "a call slower than this fails with 504 and counts as a failure; it runs in a worker "
         'thread and is not stopped (README: "Timeouts, honestly"); default: no timeout',
     )
@@ -113,14 +113,14 @@ class ResilienceSettings:
         "BREAKER_REDIS_TIMEOUT",
         0.25,
         _positive_float,
-        "a number of seconds > 0",
+        "a number of seconds > 0 and <= 86400",
         "connect and read timeout of breaker-state calls to Redis",
     )
     breaker_redis_retry_interval: float = _setting(
         "BREAKER_REDIS_RETRY_INTERVAL",
         5.0,
         _positive_float,
-        "a number of seconds > 0",
+        "a number of seconds > 0 and <= 86400",
         "after a Redis error breakers use local state and try Redis again after this long",
     )
     breakers: Mapping[str, Mapping[str, Any]] | None = _setting(
@@ -134,30 +134,30 @@ class ResilienceSettings:
     retry_max_attempts: int = _setting(
         "RETRY_MAX_ATTEMPTS",
         3,
-        _int(1),
-        "an integer >= 1",
+        _int(1, 100),
+        "an integer from 1 to 100",
         "attempts in all, the first one included (1: no retry)",
     )
     retry_base_delay: float = _setting(
         "RETRY_BASE_DELAY",
         0.1,
         _non_negative_float,
-        "a number of seconds >= 0",
+        "a number of seconds from 0 to 86400",
         "backoff before the first retry, multiplied by ``GATEWAY_OBS_RETRY_MULTIPLIER`` "
         "for each further one",
     )
     retry_multiplier: float = _setting(
         "RETRY_MULTIPLIER",
         2.0,
-        _at_least(1.0),
-        "a number >= 1",
+        _between(1.0, 100.0),
+        "a number from 1 to 100",
         "growth factor of the exponential backoff",
     )
     retry_max_delay: float = _setting(
         "RETRY_MAX_DELAY",
         2.0,
         _non_negative_float,
-        "a number of seconds >= 0",
+        "a number of seconds from 0 to 86400",
         "cap of one backoff sleep; an upstream ``Retry-After`` above it ends the retries",
     )
     retry_jitter: str = _setting(
@@ -171,7 +171,7 @@ class ResilienceSettings:
         "RETRY_DEADLINE",
         10.0,
         _optional(_positive_float),
-        "a number of seconds > 0, or empty for none",
+        "a number of seconds > 0 and <= 86400, or empty for none",
         "seconds from the first attempt: no retry starts unless its sleep and an attempt as "
         "long as the previous one still end by then; caps a breaker ``timeout`` inside",
     )

@@ -178,15 +178,15 @@ class SentrySettings:
     sentry_queue_size: int = _setting(
         "SENTRY_QUEUE_SIZE",
         100,
-        _int(1),
-        "an integer >= 1",
+        _int(1, 100_000),
+        "an integer from 1 to 100000",
         "events waiting to be sent; beyond it new events are dropped, never waited for",
     )
     sentry_shutdown_timeout: float = _setting(
         "SENTRY_SHUTDOWN_TIMEOUT",
         2.0,
         _non_negative_float,
-        "a number of seconds >= 0",
+        "a number of seconds from 0 to 86400",
         "longest wait for pending events at exit",
     )
     sentry_before_send: Callable[[Any, Any], Any] | None = _setting(  # noqa: RUF009 - immutable
@@ -208,7 +208,7 @@ class SentrySettings:
         "SENTRY_REPEAT_INTERVAL",
         60.0,
         _non_negative_float,
-        "a number of seconds >= 0",
+        "a number of seconds from 0 to 86400",
         "an operational 5xx (same route, code and status) is reported at most once per this "
         "many seconds; the repeats in between are counted in the next report; 0 reports each",
     )

@@ -177,8 +177,12 @@ class JsonFormatter(logging.Formatter):
             if ctx.span_id is not None:
                 payload["span_id"] = ctx.span_id
         for key, value in record.__dict__.items():
-            if key in _RESERVED or key in payload:
+            if key in _RESERVED:
                 continue
+            if key in payload:
+                if payload[key] == value:  # e.g. request_id from RequestContextFilter
+                    continue
+                key = f"{key}_"  # a field never replaces a standard one, nor is it lost
             if redactor.is_secret(key):
                 payload[key] = REDACTED
             elif value is None or type(value) in (str, int, float, bool):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import re
 import sys
 from collections.abc import Iterable
 from typing import IO
@@ -67,18 +68,26 @@ class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
 _OWNED = "_flask_gateway_obs_handler"
 
 
+#: A query string in a request line that a server quotes (``/items/1?api_key=...``).
+_QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\"]*")
+
+
 class ServerAccessLineFilter(logging.Filter):
     """Drops the development server's own per-request lines (``"GET /?q=.." 200 -``):
     our access line replaces them, with the request ID and without the query string.
     Its start-up banner and its error lines stay."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO:
-            return True
         try:
-            return " - - [" not in record.getMessage()[:96]
+            if record.levelno == logging.INFO:
+                return " - - [" not in record.getMessage()[:96]
+            # Its error lines quote the request line: keep them, without the query string.
+            message = record.getMessage()
+            if "?" in message:
+                record.msg, record.args = _QUERY.sub(r"\1", message), ()
         except Exception:
-            return True
+            pass
+        return True
 
 
 def quiet_server_access_lines() -> None:

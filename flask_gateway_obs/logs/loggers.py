@@ -40,9 +40,49 @@ class BoundLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         """A logger with this one's context plus ``more``."""
         return BoundLogger(self.logger, {**(self.extra or {}), **more})
 
-    def fatal(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+    # The message and level are positional-only, so that fields named ``msg`` or
+    # ``level`` are fields like any other instead of a TypeError.
+
+    def log(self, level: int, msg: Any, /, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Log ``msg`` at ``level``; keyword arguments other than logging's own become fields."""
+        self._log_at(level, msg, args, kwargs)
+
+    def debug(self, msg: Any, /, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Log at debug."""
+        self._log_at(logging.DEBUG, msg, args, kwargs)
+
+    def info(self, msg: Any, /, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Log at info."""
+        self._log_at(logging.INFO, msg, args, kwargs)
+
+    def warning(self, msg: Any, /, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Log at warning."""
+        self._log_at(logging.WARNING, msg, args, kwargs)
+
+    def error(self, msg: Any, /, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Log at error."""
+        self._log_at(logging.ERROR, msg, args, kwargs)
+
+    def exception(self, msg: Any, /, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Log at error with the exception being handled."""
+        kwargs.setdefault("exc_info", True)
+        self._log_at(logging.ERROR, msg, args, kwargs)
+
+    def critical(self, msg: Any, /, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Log at critical."""
+        self._log_at(logging.CRITICAL, msg, args, kwargs)
+
+    def fatal(self, msg: Any, /, *args: Any, **kwargs: Any) -> None:
         """Alias of :meth:`critical`."""
-        self.critical(msg, *args, **kwargs)
+        self._log_at(logging.CRITICAL, msg, args, kwargs)
+
+    def _log_at(self, level: int, msg: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        msg, processed = self.process(msg, kwargs)
+        # The caller of debug()/info()/..., not this module, is the record's origin.
+        processed["stacklevel"] = processed.get("stacklevel", 1) + 2
+        self.logger.log(level, msg, *args, **processed)
 
 
 def _safe_context(context: Mapping[str, Any]) -> dict[str, Any]:

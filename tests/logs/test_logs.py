@@ -520,3 +520,58 @@ def test_terminal_colour_codes_are_stripped_from_messages(make_app, capsys) -> N
     logging.getLogger("werkzeug").warning("\x1b[31m\x1b[1mWARNING: dev server\x1b[0m")
     record = json_lines(capsys.readouterr().out)[-1]
     assert record["message"] == "WARNING: dev server"
+
+
+def test_development_server_error_lines_lose_their_query_string() -> None:
+    """The server's own error lines quote the request line: the query string is cut."""
+    from flask_gateway_obs.logs import ServerAccessLineFilter
+
+    record = logging.makeLogRecord(
+        {
+            "name": "werkzeug",
+            "levelno": logging.ERROR,
+            "msg": "code 400, message Bad request syntax (%r)",
+            "args": ("GET /items/1?api_key=sk_live_canary HTTP/1.1 HTTP/1.1",),
+        }
+    )
+    assert ServerAccessLineFilter().filter(record)
+    message = record.getMessage()
+    assert "sk_live_canary" not in message and "GET /items/1 HTTP/1.1" in message
+
+
+def test_keyword_fields_with_logging_names_are_kept_not_raised_or_dropped(make_app, capsys) -> None:
+    """level=, msg= and fields named like standard ones never raise and are never lost."""
+    make_app()
+    log = get_logger("orders")
+    log.info("charged", level=1, msg="m", timestamp="t", service="s", request_id="r", logger="l")
+    log.warning("twice", message="kept")
+    records = json_lines(capsys.readouterr().out)
+    charged = next(r for r in records if r["message"] == "charged")
+    assert charged["level"] == "info" and charged["logger"] == "orders"
+    assert {k: charged[k] for k in ("level_", "msg_", "timestamp_", "service_", "request_id_")} == {
+        "level_": 1,
+        "msg_": "m",
+        "timestamp_": "t",
+        "service_": "s",
+        "request_id_": "r",
+    }
+    assert charged["logger_"] == "l"
+    assert next(r for r in records if r["message"] == "twice")["message_"] == "kept"
+
+
+def test_log_records_point_at_the_caller_not_the_logger_module() -> None:
+    """A BoundLogger's records name the calling function, as logging's own do."""
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    target = logging.getLogger("orders.caller")
+    target.addHandler(handler)
+    target.setLevel(logging.INFO)
+    try:
+        get_logger("orders.caller").info("here")
+        get_logger("orders.caller").exception("there")
+    finally:
+        target.removeHandler(handler)
+    assert [r.funcName for r in seen] == [
+        "test_log_records_point_at_the_caller_not_the_logger_module"
+    ] * 2

@@ -1,0 +1,97 @@
+"""One validation pass: every bad key, cross-key rules included, in one ConfigError; bounds."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from flask_gateway_obs import ConfigError, GatewayObs
+from flask_gateway_obs.config import Keys, load_settings
+
+HUGE = "9" * 400
+
+
+def problems_of(config: dict[str, object]) -> dict[str, str]:
+    """The bad keys named by the ConfigError of ``config``, with what each accepts."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, {})
+    return {key: accepts for key, _got, accepts in caught.value.problems}
+
+
+def test_a_bad_key_and_a_broken_cross_key_rule_are_one_error() -> None:
+    """A bad LOG_LEVEL and a token required by another key come in one ConfigError."""
+    problems = problems_of({Keys.LOG_LEVEL: "loud", Keys.HEALTH_SHOW_DETAILS: "when_authorized"})
+    assert set(problems) == {Keys.LOG_LEVEL, Keys.HEALTH_TOKEN}
+
+
+def test_init_app_raises_the_one_error_before_touching_the_app() -> None:
+    """init_app fails with every problem at once and leaves the app unregistered."""
+    app = Flask("bad")
+    app.config.update({Keys.LOG_LEVEL: "loud", Keys.HEALTH_TIMEOUT: -1})
+    with pytest.raises(ConfigError) as caught:
+        GatewayObs(app)
+    assert {p[0] for p in caught.value.problems} == {Keys.LOG_LEVEL, Keys.HEALTH_TIMEOUT}
+    assert "gateway_obs" not in app.extensions
+
+
+def test_a_cross_key_rule_is_not_repeated_for_a_key_already_bad() -> None:
+    """A key that failed to parse is named once, not again by a rule that reads it."""
+    problems = problems_of(
+        {
+            Keys.HEALTH_MEMORY_DEGRADED_PERCENT: "lots",
+            Keys.HEALTH_MEMORY_UNHEALTHY_PERCENT: 50,
+        }
+    )
+    assert list(problems) == [Keys.HEALTH_MEMORY_DEGRADED_PERCENT]
+
+
+@pytest.mark.parametrize(
+    "key", [Keys.HEALTH_MAX_WORKERS, Keys.HEALTH_TIMEOUT, Keys.LOG_USER_AGENT_MAX]
+)
+def test_a_huge_number_from_the_environment_is_a_config_error(key: str) -> None:
+    """An integer of 400 digits is refused with a ConfigError, never an OverflowError."""
+    assert key in problems_of({key: HUGE})
+    assert key in problems_of({key: int(HUGE)})
+
+
+def test_a_huge_number_inside_breakers_json_is_a_config_error() -> None:
+    """The same inside GATEWAY_OBS_BREAKERS: the option is named, nothing overflows."""
+    problems = problems_of({Keys.BREAKERS: '{"payments": {"fail_max": ' + HUGE + "}}"})
+    assert any("fail_max" in key for key in problems)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        Keys.HEALTH_TIMEOUT,
+        Keys.BREAKER_TIMEOUT,
+        Keys.RATELIMIT_STORAGE_TIMEOUT,
+        Keys.RETRY_DEADLINE,
+    ],
+)
+def test_durations_have_an_upper_bound(key: str) -> None:
+    """1e10 seconds is refused (it overflows the clocks later); a day is the most."""
+    problems = problems_of({key: 1e10})
+    assert "86400" in problems[key]
+    load_settings({key: 86_400}, {})
+
+
+@pytest.mark.parametrize(
+    ("key", "too_many"),
+    [
+        (Keys.HEALTH_MAX_WORKERS, 257),
+        (Keys.TRUSTED_PROXIES, 33),
+        (Keys.RETRY_MAX_ATTEMPTS, 101),
+        (Keys.RETRY_MULTIPLIER, 101),
+        (Keys.SENTRY_QUEUE_SIZE, 100_001),
+    ],
+)
+def test_counts_have_an_upper_bound(key: str, too_many: int) -> None:
+    """Every number has a sane upper bound, said in the error."""
+    assert key in problems_of({key: too_many})
+
+
+def test_a_misspelt_override_fails_at_construction_with_a_suggestion() -> None:
+    """GatewayObs(lg_level=...) fails at once, naming the setting it probably meant."""
+    with pytest.raises(TypeError, match=r"lg_level.*did you mean 'log_level'"):
+        GatewayObs(lg_level="debug")
