@@ -49,7 +49,7 @@ WORKDIR = HERE / ".work"
 FULL = {"slice": 1000, "rounds": 30, "profile": 500, "requests": 6000, "repeats": 5}
 QUICK = {"slice": 300, "rounds": 8, "profile": 100, "requests": 1500, "repeats": 2}
 
-SECTIONS = ("inproc", "server", "scrape", "resilience", "ratelimit")
+SECTIONS = ("inproc", "instructions", "server", "scrape", "resilience", "ratelimit")
 
 PACKAGES = (
     "flask-gateway-obs",
@@ -557,6 +557,7 @@ def write_report(
     scrape: str | None,
     resilience: str | None,
     ratelimit: str | None = None,
+    instructions: str | None = None,
 ) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     load_after = os.getloadavg()
@@ -601,6 +602,8 @@ def write_report(
             if result.ok and result.variant.description:
                 lines.append(f"- {result.variant.label}: {result.variant.description}")
         lines.append("")
+    if instructions is not None:
+        lines += ["## 1b. Instructions per request", "", instructions.rstrip(), ""]
     if servers is not None:
         lines += [
             "## 2. Under gunicorn",
@@ -732,6 +735,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             workdir=workdir,
         )
+    instructions = None
+    if "instructions" in sections:
+        log("instructions per request under callgrind")
+        instr_args = ["--quick"] if args.quick else []
+        if args.variants:
+            instr_args.append(f"--variants={','.join(names)}")
+        instructions = run_script("instructions", instr_args, timeout=3600)
     if "server" in sections:
         log(f"gunicorn: {sizes['requests']} requests x {sizes['repeats']} per variant and mode")
         servers = server.run_servers(
@@ -761,6 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started=started,
         load_before=load_before,
         inproc=inproc,
+        instructions=instructions,
         servers=servers,
         scrape=scrape,
         resilience=resilience,

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from benchmarks.run import InprocResult, json_lines_table, summarize
 from benchmarks.variants import BY_NAME, config_for, unavailable_reason
+from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,3 +188,29 @@ def test_neighbouring_bare_slices_take_precedence_in_pairing() -> None:
     summary = summarize(other, bare)
     assert summary.rounds == 2
     assert summary.diff_us == pytest.approx(4.0)  # median of 3.0 (neighbours) and 5.0
+
+
+def test_instruction_count_benchmark_runs_under_callgrind(tmp_path: Path) -> None:
+    """The callgrind benchmark measures instructions per request; ours costs more than bare."""
+    if shutil.which("valgrind") is None:
+        unavailable("valgrind is not installed (Debian package valgrind)")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.instructions",
+            "--json",
+            "--variants=bare,ours-min",
+            "--small=10",
+            "--large=40",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = {c["name"]: c["per_request"] for c in json.loads(result.stdout)}
+    assert counts["bare"] > 100_000  # a Flask request is hundreds of thousands
+    assert counts["ours-min"] > counts["bare"]
