@@ -268,7 +268,6 @@ class RetryPolicy:
             retry=self._retry,
             before_sleep=self._before_sleep,
             reraise=True,
-            name=name,
         )
 
     def __repr__(self) -> str:
