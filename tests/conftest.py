@@ -31,6 +31,17 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a run in which no test passed (all skipped or deselected) fails."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    passed = len(reporter.stats.get("passed", ())) if reporter is not None else 0
+    if IN_CI and exitstatus == pytest.ExitCode.OK and passed == 0:
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_sep("!", "CI: no test passed", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket() as sock:
