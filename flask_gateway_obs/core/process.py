@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["on_reset", "registry", "reset"]
+__all__ = ["lookup", "on_reset", "registry", "reset"]
 
 _T = TypeVar("_T")
 _lock = threading.Lock()
@@ -37,6 +37,12 @@ def registry(name: str, factory: Callable[[], _T]) -> _T:
             if found is None:
                 found = _registries[name] = factory()
     return found
+
+
+def lookup(name: str) -> Any:
+    """The process-wide object ``name`` if it was made, else ``None``; never makes it
+    and never waits for a lock (safe in a forked child, cheap on a hot path)."""
+    return _registries.get(name)
 
 
 def on_reset(name: str, cleanup: Callable[[], None]) -> None:

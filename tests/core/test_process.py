@@ -14,6 +14,15 @@ def test_a_registry_is_made_once_and_shared() -> None:
     assert process.registry("test.things", dict) is first
 
 
+def test_lookup_finds_a_registry_without_making_one() -> None:
+    """lookup() is None until registry() made the object, then that object."""
+    assert process.lookup("test.looked-up") is None
+    made = process.registry("test.looked-up", dict)
+    assert process.lookup("test.looked-up") is made
+    testing.reset()
+    assert process.lookup("test.looked-up") is None
+
+
 def test_reset_forgets_every_registry_and_runs_the_clean_ups() -> None:
     """testing.reset() empties the registries, runs each clean-up once, clears the request."""
     calls: list[str] = []
