@@ -22,6 +22,7 @@ from .redaction import (
     REDACTED,
     SECRET_FRAGMENTS,
     Redactor,
+    TextMasker,
     escape_control,
     mask_url_credentials,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "RequestContext",
     "RequestContextFilter",
     "ServerAccessLineFilter",
+    "TextMasker",
     "configure_logging",
     "current_request",
     "emit",

@@ -15,7 +15,14 @@ from typing import Any
 
 from ..core.context import current_request, get_request_id
 from .loggers import _RESERVED, ACCESS_LOGGER_NAME
-from .redaction import REDACTED, Redactor, _safe_repr, escape_control, mask_url_credentials
+from .redaction import (
+    REDACTED,
+    Redactor,
+    TextMasker,
+    _safe_repr,
+    escape_control,
+    mask_url_credentials,
+)
 
 _LEVEL_NAMES = {
     logging.DEBUG: "debug",
@@ -158,6 +165,8 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.service = service
         self.redactor = Redactor(redact_keys)
+        #: Masks ``key=value`` secrets in messages, exception texts and stacks.
+        self.masker = TextMasker(self.redactor.fragments)
         self._timestamps = _Timestamps()
 
     def build(self, record: logging.LogRecord) -> dict[str, Any]:
@@ -167,7 +176,7 @@ class JsonFormatter(logging.Formatter):
             "timestamp": self._timestamps.format(record.created),
             "level": _level_name(record.levelno),
             "logger": record.name,
-            "message": _message(record),
+            "message": self._masked_message(record),
             "service": ctx.service if ctx is not None else self.service,
             "request_id": ctx.request_id if ctx is not None else None,
         }
@@ -194,13 +203,19 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             exc_type, exc, tb = record.exc_info
             payload["exc_type"] = exc_type.__name__
-            payload["exc_message"] = mask_url_credentials(_safe_str(exc))
-            payload["stack"] = mask_url_credentials(
+            payload["exc_message"] = self.masker.mask(_safe_str(exc))
+            payload["stack"] = self.masker.mask_traceback(
                 "".join(traceback.format_exception(exc_type, exc, tb))
             )
         if record.stack_info:
-            payload["stack_info"] = record.stack_info
+            payload["stack_info"] = self.masker.mask_traceback(record.stack_info)
         return payload
+
+    def _masked_message(self, record: logging.LogRecord) -> str:
+        message = _message(record)
+        if record.name == ACCESS_LOGGER_NAME:
+            return message  # method, path and status, as on the fast path
+        return self.masker.mask(message)
 
     def access_line(self, entry: AccessEntry) -> str:
         """The JSON line of an access record, built without a ``LogRecord``.

@@ -1,10 +1,11 @@
-"""Secrets out of log data: key-based redaction, URL credentials, control characters."""
+"""Secrets out of log data: key-based redaction, URL credentials, secrets in free text
+(:class:`TextMasker`, shared by the logs and the Sentry scrubber), control characters."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -115,6 +116,208 @@ def _masked_password(match: re.Match[str]) -> str:
     if match["password"]:
         return f"{match['scheme']}{match['user']}:***@"
     return f"{match['scheme']}***:@"
+
+
+# --- secrets in free text -------------------------------------------------------------
+
+#: Schemes of an ``Authorization``-style value: the word after them is the credential.
+_AUTH_SCHEMES = r"(?:bearer|basic|token|digest|apikey)\s+"
+#: Whether a text is one of those schemes followed by spaces (``"Bearer "``).
+is_auth_scheme = re.compile(_AUTH_SCHEMES, re.IGNORECASE).fullmatch
+#: Secret values shorter than this are not swept from other places (too many false hits),
+#: nor taken for a token in prose.
+MIN_SECRET_LENGTH = 6
+_URL_SECRET = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^:@/\s]*:(?P<password>[^@\s]+)|(?P<user>[^:@/\s]+))@"
+)
+_CLOSERS = {")": "(", "]": "[", "}": "{", ">": "<"}
+_TOKEN_CHARS = frozenset("_+/=~")
+# A string literal of Python source: optional prefix, either quote, escapes inside.
+_LITERAL = re.compile(r"""(?:\b[rRbBuUfF]{1,2})?(?P<q>['"])(?P<body>(?:\\.|(?!(?P=q)).)*)(?P=q)""")
+_DROP_CLOSERS = str.maketrans("", "", ")]}")
+_DROP_OPENERS = str.maketrans("", "", "([{")
+
+
+class TextMasker:
+    """Masks secrets in free text: one implementation for log lines and Sentry events.
+
+    - credentials in URLs (:func:`mask_url_credentials`);
+    - ``key=value`` / ``key: value`` pairs whose key contains a secret fragment (quoted
+      values whole, ``Authorization: Bearer ...``, ``password=...`` in a DSN or a message,
+      ``'token': '...'`` in a ``repr``);
+    - a token-like word right after a secret-looking word (``invalid token 3fa9c1...``,
+      ``Bearer ...``); ordinary prose (``token expired for user 42``) is left alone.
+
+    Lines of source code (:meth:`mask_code`, :meth:`mask_traceback`) keep their code and
+    lose the string literals that follow a secret-looking name.
+
+    :param fragments: lower-case key fragments that mark a secret (``password``, ...).
+    """
+
+    def __init__(self, fragments: Iterable[str]) -> None:
+        self.fragments = tuple(dict.fromkeys(f.lower() for f in fragments if f))
+        pattern = "|".join(re.escape(f) for f in sorted(self.fragments, key=len, reverse=True))
+        # Most strings hold no secret-looking name: a search for the bare fragments is
+        # much cheaper than the full pattern, whose leading [\w.-]* backtracks.
+        self._fragment = re.compile(pattern, re.IGNORECASE).search
+        self._assignment = re.compile(
+            rf"(?P<key>[\w.-]*(?:{pattern})[\w.-]*)"
+            r"(?P<sep>['\"]?\s*[=:]\s*|['\"]\s*,\s*|[ \t]+)"
+            rf"(?:(?P<q>['\"])(?P<qscheme>{_AUTH_SCHEMES})?(?P<qvalue>(?:(?!(?P=q))[^\n])*)(?P=q)?"
+            rf"|(?P<scheme>{_AUTH_SCHEMES})?(?P<value>[^\s'\"&]+))",
+            re.IGNORECASE,
+        )
+        self._word_end = re.compile(r"[\w.-]*").match
+
+    def has_fragment(self, text: str) -> bool:
+        """Whether ``text`` contains a secret fragment (a cheap first test)."""
+        return self._fragment(text) is not None
+
+    def mask(self, text: str, found: set[str] | None = None) -> str:
+        """``text`` with URL credentials and secret ``key=value`` pairs masked.
+
+        :param found: collects the values masked (to be swept from elsewhere).
+        """
+        if "://" in text:
+            if found is not None:
+                for match in _URL_SECRET.finditer(text):
+                    found.add(match["password"] or match["user"])
+            text = mask_url_credentials(text)
+        if self._fragment(text) is None:
+            return text
+        return self._assignment.sub(lambda match: _mask_pair(match, found), text)
+
+    def mask_code(self, lines: Sequence[Any], found: set[str] | None = None) -> list[Any]:
+        """Consecutive lines of source code with every string literal that follows a
+        secret-looking name masked (``API_KEY = "sk_live_..."``, ``auth=("ada", "pw")``,
+        ``getenv("DB_PASSWORD", "default")``), on its line and on the lines that continue
+        it inside open brackets. A literal used as a key (``headers["X-Auth-Token"]``,
+        ``{"user": ...}``) is kept; comments are masked as text. Non-strings pass."""
+        out: list[Any] = []
+        depth = 0
+        for line in lines:
+            if isinstance(line, str):
+                line, depth = self._mask_code_line(line, depth, found)
+            out.append(line)
+        return out
+
+    def mask_traceback(self, text: str) -> str:
+        """A formatted traceback with its source lines masked as code, the rest as text."""
+        out: list[str] = []
+        source_next = False
+        for line in text.split("\n"):
+            if source_next and line.startswith("    "):
+                line = self._mask_code_line(line, 0, None)[0]
+                source_next = False
+            elif line.startswith('  File "'):
+                line = mask_url_credentials(line)  # a path, a line number, a function name
+                source_next = True
+            else:
+                line = self.mask(line)
+                source_next = False
+            out.append(line)
+        return "\n".join(out)
+
+    def _mask_code_line(self, line: str, carry: int, found: set[str] | None) -> tuple[str, int]:
+        if "://" in line:
+            line = self.mask(line, found) if found is not None else mask_url_credentials(line)
+        code, comment = _split_comment(line)
+        if comment:
+            comment = self.mask(comment, found)
+        start = 0 if carry else None
+        if start is None:
+            hit = self._fragment(code)
+            if hit is None:
+                return code + comment, 0
+            word = self._word_end(code, hit.end())
+            start = word.end() if word is not None else hit.end()
+        pieces: list[str] = []
+        last = 0
+        for literal in _LITERAL.finditer(code):
+            body = literal["body"]
+            if literal.start() < start or not body or body == REDACTED or _is_key(code, literal):
+                continue
+            if found is not None:
+                found.add(body)
+            pieces.append(code[last : literal.start("body")])
+            pieces.append(REDACTED)
+            last = literal.end("body")
+        pieces.append(code[last:])
+        bare = _LITERAL.sub("", code)
+        opened = len(bare.translate(_DROP_CLOSERS)) - len(bare.translate(_DROP_OPENERS))
+        return "".join(pieces) + comment, max(carry + opened, 0)
+
+
+def _mask_pair(match: re.Match[str], found: set[str] | None) -> str:
+    key, sep = match["key"], match["sep"]
+    if match["q"] is not None:
+        value = match["qvalue"]
+        scheme = match["qscheme"]
+        tail = match.group(0)[match.end("qvalue") - match.start() :]  # the closing quote
+    else:
+        raw = match["value"]
+        value = _trim_closers(raw)
+        scheme = match["scheme"]
+        tail = raw[len(value) :]
+    if not value or value == REDACTED:
+        return match.group(0)
+    if (
+        not sep.strip()
+        and not (scheme or key).lower().rstrip().endswith("bearer")
+        and not looks_like_token(value)
+    ):
+        return match.group(0)  # prose: "token expired", "password reset for ada"
+    if found is not None:
+        found.add(value)
+        trimmed = value.rstrip(".,;:!?")
+        if trimmed != value:
+            found.add(trimmed)
+    return f"{key}{sep}{match['q'] or ''}{scheme or ''}{REDACTED}{tail}"
+
+
+def _trim_closers(value: str) -> str:
+    # "dict(password=abc)": the ")" closes the call, unless the value opened it itself
+    while (
+        value
+        and value[-1] in _CLOSERS
+        and value.count(value[-1]) > value.count(_CLOSERS[value[-1]])
+    ):
+        value = value[:-1]
+    return value
+
+
+def looks_like_token(word: str) -> bool:
+    """A word that reads as a credential, not prose: long enough and with a digit, a
+    symbol of base64/URL-safe alphabets, or capitals past its first letter."""
+    word = word.rstrip(".,;:!?")
+    if len(word) < MIN_SECRET_LENGTH:
+        return False
+    if any(c.isdigit() or c in _TOKEN_CHARS for c in word):
+        return True
+    return word[1:] != word[1:].lower()
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """``(code, comment)``: the comment starts at a ``#`` outside string literals."""
+    if "#" not in line:
+        return line, ""
+    last = 0
+    for literal in _LITERAL.finditer(line):
+        sharp = line.find("#", last, literal.start())
+        if sharp != -1:
+            return line[:sharp], line[sharp:]
+        last = literal.end()
+    sharp = line.find("#", last)
+    return (line, "") if sharp == -1 else (line[:sharp], line[sharp:])
+
+
+def _is_key(code: str, literal: re.Match[str]) -> bool:
+    """A literal used as a key: ``x["name"]`` or ``{"name": ...}``."""
+    before = code[: literal.start()].rstrip()
+    after = code[literal.end() :].lstrip()
+    if before.endswith("[") and after.startswith("]"):
+        return True
+    return after.startswith(":") and not after.startswith(":=")
 
 
 def _safe_repr(value: Any) -> str:
