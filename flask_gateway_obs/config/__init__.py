@@ -27,6 +27,7 @@ from .parsers import PREFIX, ConfigError, Parser, _Invalid, _Problems, parse_opt
 from .ratelimit import RatelimitKeys, RatelimitSettings
 from .resilience import BREAKER_OPTIONS, RETRY_OPTIONS, ResilienceKeys, ResilienceSettings
 from .sentry import SENTRY_OFF, SentryKeys, SentrySettings
+from .sentry import cross_checks as sentry_cross_checks
 
 __all__ = [
     "BREAKER_OPTIONS",
@@ -66,7 +67,10 @@ _BY_NAME = {f.name: f for f in dataclasses.fields(Settings)}
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 #: Rules between keys, one function per group: ``settings -> [(key, got, accepts)]``.
-_CROSS_CHECKS: tuple[Callable[[Settings], list[tuple[str, Any, str]]], ...] = (health_cross_checks,)
+_CROSS_CHECKS: tuple[Callable[[Settings], list[tuple[str, Any, str]]], ...] = (
+    health_cross_checks,
+    sentry_cross_checks,
+)
 
 
 def all_keys() -> dict[str, dataclasses.Field[Any]]:

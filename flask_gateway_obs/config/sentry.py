@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from .parsers import (
     _Invalid,
     _non_negative_float,
     _optional,
+    _Problems,
     _setting,
     _string_list,
     _text,
@@ -61,7 +63,19 @@ def _sentry_dsn(value: Any) -> str | None:
         return None
     if value is False or (isinstance(value, str) and value.strip().lower() in _SENTRY_OFF_WORDS):
         return SENTRY_OFF
-    return str(_url("http", "https")(value))
+    return _checked_dsn(value)
+
+
+def _checked_dsn(value: Any) -> str:
+    """A DSN sentry-sdk accepts (``https://key@host/project-id``)."""
+    dsn = str(_url("http", "https")(value))
+    from sentry_sdk.utils import BadDsn, Dsn
+
+    try:
+        Dsn(dsn)
+    except BadDsn:
+        raise _Invalid from None
+    return dsn
 
 
 def _sentry_options(value: Any) -> dict[str, Any]:
@@ -78,7 +92,39 @@ def _sentry_options(value: Any) -> dict[str, Any]:
         raise _Invalid from None
     if any(k in _SENTRY_MANAGED or k not in DEFAULT_OPTIONS for k in value):
         raise _Invalid
+    problems = [
+        (f"{SentryKeys.SENTRY_OPTIONS}[{name!r}]", item, accepts)
+        for name, item in value.items()
+        if (accepts := _option_problem(name, item, DEFAULT_OPTIONS[name])) is not None
+    ]
+    if problems:
+        raise _Problems(problems)
     return dict(value)
+
+
+def _option_problem(name: str, value: Any, default: Any) -> str | None:
+    """What option ``name`` accepts if ``value`` is not of the type of its default
+    (``None`` when it fits; options without a default are left to sentry-sdk)."""
+    if name == "integrations":
+        from sentry_sdk.integrations import Integration
+
+        if isinstance(value, (list, tuple)) and all(isinstance(i, Integration) for i in value):
+            return None
+        return "a list of sentry_sdk Integration objects"
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "a boolean"
+    if isinstance(default, (int, float)):
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if fits else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    if isinstance(default, (list, tuple)):
+        return None if isinstance(value, (list, tuple)) else "a list"
+    if isinstance(default, Mapping):
+        return None if isinstance(value, Mapping) else "a dict"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,3 +289,18 @@ class SentryKeys:
     SENTRY_OPTIONS = PREFIX + "SENTRY_OPTIONS"
     SENTRY_REPEAT_INTERVAL = PREFIX + "SENTRY_REPEAT_INTERVAL"
     SENTRY_TRACES_FOLLOW_PARENT = PREFIX + "SENTRY_TRACES_FOLLOW_PARENT"
+
+
+def cross_checks(settings: SentrySettings) -> list[tuple[str, Any, str]]:
+    """Rules beyond one key: the ``SENTRY_DSN`` environment variable, the fallback of an
+    unset ``GATEWAY_OBS_SENTRY_DSN``, must be a DSN too."""
+    if settings.sentry_dsn is not None:
+        return []
+    dsn = os.environ.get("SENTRY_DSN", "").strip()
+    if not dsn:
+        return []
+    try:
+        _checked_dsn(dsn)
+    except _Invalid:
+        return [("SENTRY_DSN (environment)", dsn, "a Sentry DSN (https://key@host/project-id)")]
+    return []
