@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .health import CheckResult, HealthReport
     from .resilience.breaker import breaker
     from .resilience.retry import retry
-    from .sentry import capture_exception, capture_message, set_user
+    from .sentry.helpers import capture_exception, capture_message, set_user
 
 #: Public names whose modules are imported on first use: name -> module.
 _LAZY = {
@@ -62,15 +62,15 @@ _LAZY = {
     "HealthReport": "health",
     "breaker": "resilience.breaker",
     "retry": "resilience.retry",
-    "capture_exception": "sentry",
-    "capture_message": "sentry",
-    "set_user": "sentry",
+    "capture_exception": "sentry.helpers",
+    "capture_message": "sentry.helpers",
+    "set_user": "sentry.helpers",
 }
 
 
 def __getattr__(name: str) -> Any:
     # ``breaker`` and ``retry`` bring in pybreaker and tenacity (~40 ms), the Sentry
-    # helpers sentry-sdk's adapter: only when used.
+    # helpers the Sentry adapter's registry (not sentry-sdk): only when used.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
