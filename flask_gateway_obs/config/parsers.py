@@ -40,12 +40,13 @@ _SECRET_KEY_PARTS = ("TOKEN", "DSN", "PASSWORD", "SECRET")
 
 
 def _shown(key: str, value: Any) -> str:
-    """How a bad value appears in the error: secrets never, URL passwords masked."""
+    """How a bad value appears in the error: secrets never; passwords in URLs and in
+    ``key=value`` form (``host=db password=PW``) masked."""
     if any(part in key.upper() for part in _SECRET_KEY_PARTS):
         return "'***'"
-    from ..logs import mask_url_credentials
+    from ..logs.redaction import SECRET_FRAGMENTS, TextMasker
 
-    return mask_url_credentials(repr(value))
+    return TextMasker(SECRET_FRAGMENTS).mask(repr(value))
 
 
 class _Invalid(Exception):

@@ -95,3 +95,11 @@ def test_a_misspelt_override_fails_at_construction_with_a_suggestion() -> None:
     """GatewayObs(lg_level=...) fails at once, naming the setting it probably meant."""
     with pytest.raises(TypeError, match=r"lg_level.*did you mean 'log_level'"):
         GatewayObs(lg_level="debug")
+
+
+def test_a_keyword_dsn_password_is_never_echoed() -> None:
+    """A bad keyword DSN (host=db user=app password=PW) is named with its password masked."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({Keys.DATABASE_URL: "host=db user=app password=PW-canary-7"}, {})
+    message = str(caught.value)
+    assert Keys.DATABASE_URL in message and "PW-canary-7" not in message
