@@ -1,7 +1,7 @@
 """Built-in health checks: Redis ``PING``, PostgreSQL ``SELECT 1``, memory and disk.
 
-Each check is a callable object that returns a :class:`~flask_gateway_obs.health.CheckResult`
-or raises; the runner in :mod:`flask_gateway_obs.health` times it and bounds it.
+Each check is a callable object that returns a :class:`~flask_gateway_obs.health.model.CheckResult`
+or raises; the runner in :mod:`flask_gateway_obs.health.runner` times it and bounds it.
 Every network check also carries its own client-side time limits, so the thread
 that runs it ends soon after the runner has given up on it; the one exception is
 ``SELECT 1`` on a pooled PostgreSQL connection, which has only the server's
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .health import CheckResult, mask_secrets
+from .model import CheckResult, mask_secrets
 
 __all__ = [
     "DiskCheck",
