@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .metrics import MetricsKeys, MetricsSettings
 from .parsers import (
+    PATH_ACCEPTS,
     PREFIX,
     _bool,
     _choice,
@@ -38,21 +40,21 @@ class HealthSettings:
         "HEALTH_PATH",
         "/health",
         _path,
-        "an absolute URL path",
+        PATH_ACCEPTS,
         "endpoint that runs every check",
     )
     health_live_path: str = _setting(
         "HEALTH_LIVE_PATH",
         "/health/live",
         _path,
-        "an absolute URL path",
+        PATH_ACCEPTS,
         "liveness endpoint: the process alone (checks in the ``live`` group, none by default)",
     )
     health_ready_path: str = _setting(
         "HEALTH_READY_PATH",
         "/health/ready",
         _path,
-        "an absolute URL path",
+        PATH_ACCEPTS,
         "readiness endpoint: the checks in the ``ready`` group (the dependencies)",
     )
     health_timeout: float = _setting(
@@ -211,7 +213,8 @@ class HealthKeys:
 
 
 def cross_checks(settings: HealthSettings) -> list[tuple[str, Any, str]]:
-    """Rules between health keys (a token required by another key, distinct paths)."""
+    """Rules between health keys (a token required by another key, thresholds in order)
+    and the distinct paths of the extension's endpoints."""
     problems: list[tuple[str, Any, str]] = []
     if settings.health_show_details == "when_authorized" and not settings.health_token:
         problems.append(
@@ -233,15 +236,29 @@ def cross_checks(settings: HealthSettings) -> list[tuple[str, Any, str]]:
                 "a percentage not above GATEWAY_OBS_HEALTH_DISK_UNHEALTHY_PERCENT",
             )
         )
+    problems.extend(_endpoint_path_clashes(settings))
+    return problems
+
+
+def _endpoint_path_clashes(settings: HealthSettings) -> list[tuple[str, Any, str]]:
+    """Every endpoint the extension serves on a path of its own: health, live, ready and
+    metrics, those that are on (Settings composes both groups)."""
+    paths: dict[str, str] = {}
     if settings.health_enabled:
-        paths = {
-            HealthKeys.HEALTH_PATH: settings.health_path,
-            HealthKeys.HEALTH_LIVE_PATH: settings.health_live_path,
-            HealthKeys.HEALTH_READY_PATH: settings.health_ready_path,
-        }
-        seen: set[str] = set()
-        for key, path in paths.items():
-            if path in seen:
-                problems.append((key, path, "a path distinct from the other health paths"))
-            seen.add(path)
+        paths[HealthKeys.HEALTH_PATH] = settings.health_path
+        paths[HealthKeys.HEALTH_LIVE_PATH] = settings.health_live_path
+        paths[HealthKeys.HEALTH_READY_PATH] = settings.health_ready_path
+    if (
+        isinstance(settings, MetricsSettings)
+        and settings.metrics_enabled
+        and settings.metrics_endpoint
+    ):
+        paths[MetricsKeys.METRICS_PATH] = settings.metrics_path
+    problems: list[tuple[str, Any, str]] = []
+    owner: dict[str, str] = {}
+    for key, path in paths.items():
+        if path in owner:
+            problems.append((key, path, f"a path distinct from {owner[path]} (the same path)"))
+        else:
+            owner[path] = key
     return problems

@@ -349,6 +349,46 @@ def test_bad_health_config_fails_at_init_app(
     assert bad_key in {key for key, _, _ in caught.value.problems}
 
 
+@pytest.mark.parametrize(
+    ("config", "clash"),
+    [
+        ({Keys.METRICS_PATH: "/health"}, (Keys.METRICS_PATH, Keys.HEALTH_PATH)),
+        ({Keys.HEALTH_LIVE_PATH: "/metrics"}, (Keys.METRICS_PATH, Keys.HEALTH_LIVE_PATH)),
+        ({Keys.METRICS_PATH: "/health/ready/"}, (Keys.METRICS_PATH, Keys.HEALTH_READY_PATH)),
+        ({Keys.HEALTH_PATH: "/health/live"}, (Keys.HEALTH_LIVE_PATH, Keys.HEALTH_PATH)),
+    ],
+)
+def test_two_endpoints_on_one_path_are_a_config_error(
+    make_app: MakeApp, config: dict[str, Any], clash: tuple[str, str]
+) -> None:
+    """The extension's endpoint paths (health, live, ready, metrics) must be distinct: one
+    ConfigError names the clash, instead of one endpoint silently hiding another."""
+    with pytest.raises(ConfigError) as caught:
+        make_app({**QUIET, **config})
+    assert [key for key, _, _ in caught.value.problems] == [clash[0]]
+    assert clash[1] in str(caught.value)
+
+
+def test_paths_of_endpoints_that_are_off_may_coincide(make_app: MakeApp) -> None:
+    """With metrics off (or its endpoint off), /health may be any path; the same for health."""
+    app = make_app({**QUIET, Keys.METRICS_ENABLED: False, Keys.METRICS_PATH: "/health"})
+    assert app.test_client().get("/health").get_json()["status"] == HEALTHY
+    app = make_app({**QUIET, Keys.METRICS_ENDPOINT: False, Keys.METRICS_PATH: "/health"})
+    assert app.test_client().get("/health").get_json()["status"] == HEALTHY
+    app = make_app({**QUIET, Keys.HEALTH_ENABLED: False, Keys.HEALTH_LIVE_PATH: "/metrics"})
+    assert app.test_client().get("/metrics").mimetype == "text/plain"
+
+
+@pytest.mark.parametrize("path", ["/metrics/<x>", "/h<int:n>", "/m<", "/a>b", "/h?x=1", "/h#top"])
+@pytest.mark.parametrize("key", [Keys.HEALTH_PATH, Keys.HEALTH_READY_PATH, Keys.METRICS_PATH])
+def test_a_path_with_rule_syntax_is_a_config_error(make_app: MakeApp, key: str, path: str) -> None:
+    """URL rule syntax (or a query, a fragment) in an endpoint path is refused at init_app,
+    not a 500 at the first probe or werkzeug's ValueError."""
+    with pytest.raises(ConfigError) as caught:
+        make_app({**QUIET, key: path})
+    assert [k for k, _, _ in caught.value.problems] == [key]
+
+
 def test_health_endpoints_are_never_rate_limited(make_app: MakeApp) -> None:
     """With a default limit of 2 per minute, probes keep answering 200; other routes get 429."""
     app = make_app(
