@@ -10,34 +10,18 @@ that runs it ends soon after the runner has given up on it; the one exception is
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
+from .memory import CGROUP_ROOT, PROC_SELF_CGROUP, MemoryUsage, memory_usage
 from .model import CheckResult, mask_secrets
 
-__all__ = [
-    "DiskCheck",
-    "MemoryCheck",
-    "MemoryLimit",
-    "PostgresCheck",
-    "RedisCheck",
-    "cgroup_memory_limit",
-    "memory_limit",
-    "resident_memory",
-    "system_memory",
-]
-
-CGROUP_ROOT = "/sys/fs/cgroup"
-PROC_SELF_CGROUP = "/proc/self/cgroup"
-PROC_MEMINFO = "/proc/meminfo"
-PROC_SELF_STATM = "/proc/self/statm"
-#: cgroup v1 writes "no limit" as a huge number (PAGE_COUNTER_MAX pages); anything above this is it.
-_V1_UNLIMITED = 1 << 60
+__all__ = ["DiskCheck", "MemoryCheck", "PostgresCheck", "RedisCheck"]
 
 
 # --- Redis -------------------------------------------------------------------------------
@@ -186,139 +170,18 @@ class PostgresCheck:
 # --- memory --------------------------------------------------------------------------------
 
 
-class MemoryLimit(NamedTuple):
-    """A memory limit in bytes and where it came from (``cgroup v2``, ``cgroup v1``, ``system``)."""
-
-    limit_bytes: int
-    source: str
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _own_cgroup_paths(self_cgroup: Path) -> tuple[str | None, str | None]:
-    """The process's cgroup path in the v2 hierarchy and in the v1 memory controller."""
-    text = _read_text(self_cgroup)
-    v2 = v1 = None
-    for line in (text or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2 = path
-        elif "memory" in controllers.split(","):
-            v1 = path
-    return v2, v1
-
-
-def _walk_up(base: Path, relative: str | None, filename: str) -> list[Path]:
-    """``filename`` in the process's cgroup directory and every ancestor up to ``base``."""
-    found: list[Path] = []
-    parts = [p for p in (relative or "").split("/") if p]
-    while True:
-        candidate = base.joinpath(*parts, filename)
-        if candidate not in found:
-            found.append(candidate)
-        if not parts:
-            return found
-        parts.pop()
-
-
-def _parse_limit(text: str | None, *, v1: bool) -> int | None:
-    if text is None or text == "max":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    if value <= 0 or (v1 and value >= _V1_UNLIMITED):
-        return None
-    return value
-
-
-def cgroup_memory_limit(
-    root: str | os.PathLike[str] = CGROUP_ROOT,
-    self_cgroup: str | os.PathLike[str] = PROC_SELF_CGROUP,
-) -> MemoryLimit | None:
-    """The memory limit of the process's cgroup, or ``None`` when there is none.
-
-    cgroup v2 (``memory.max``) first, then v1 (``memory/memory.limit_in_bytes``). The
-    process's own cgroup and its ancestors are read (the smallest limit applies); inside
-    a container the hierarchy is usually mounted at the container's own cgroup, so the
-    mount's root file is read too.
-    """
-    base = Path(root)
-    v2_path, v1_path = _own_cgroup_paths(Path(self_cgroup))
-    limits = [
-        limit
-        for candidate in _walk_up(base, v2_path, "memory.max")
-        if (limit := _parse_limit(_read_text(candidate), v1=False)) is not None
-    ]
-    if limits:
-        return MemoryLimit(min(limits), "cgroup v2")
-    limits = [
-        limit
-        for candidate in _walk_up(base / "memory", v1_path, "memory.limit_in_bytes")
-        if (limit := _parse_limit(_read_text(candidate), v1=True)) is not None
-    ]
-    if limits:
-        return MemoryLimit(min(limits), "cgroup v1")
-    return None
-
-
-def system_memory(meminfo: str | os.PathLike[str] = PROC_MEMINFO) -> int | None:
-    """Total memory of the machine in bytes (``/proc/meminfo``, else psutil when installed)."""
-    text = _read_text(Path(meminfo))
-    for line in (text or "").splitlines():
-        if line.startswith("MemTotal:"):
-            fields = line.split()
-            try:
-                return int(fields[1]) * (1024 if fields[-1].lower() == "kb" else 1)
-            except (IndexError, ValueError):
-                break
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().total)
-
-
-def memory_limit() -> MemoryLimit | None:
-    """The limit that applies to this process: its cgroup's, capped at the machine's total."""
-    total = system_memory()
-    cgroup = cgroup_memory_limit()
-    if cgroup is not None and (total is None or cgroup.limit_bytes < total):
-        return cgroup
-    return MemoryLimit(total, "system") if total is not None else None
-
-
-def resident_memory(statm: str | os.PathLike[str] = PROC_SELF_STATM) -> int | None:
-    """Resident memory of this process in bytes (``/proc/self/statm``, else psutil)."""
-    text = _read_text(Path(statm))
-    if text:
-        try:
-            return int(text.split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (IndexError, ValueError, OSError):
-            pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.Process().memory_info().rss)
-
-
 class MemoryCheck:
-    """The process's resident memory as a share of its limit, against two thresholds.
+    """Memory in use as a share of its limit, against two thresholds.
+
+    In a cgroup with a limit (a container) that is the cgroup's usage, every worker of
+    the container together, without reclaimable file cache; elsewhere the process's
+    resident memory against the machine's total (see :mod:`flask_gateway_obs.health.memory`).
 
     :param degraded_percent: at or above this share the check is degraded.
     :param unhealthy_percent: at or above this share the check is unhealthy.
-    :param read_rss: returns resident bytes (default :func:`resident_memory`).
-    :param read_limit: returns a :class:`MemoryLimit` (default :func:`memory_limit`).
+    :param cgroup_root: where the cgroup hierarchy is mounted.
+    :param self_cgroup: the file naming the process's cgroups (``/proc/self/cgroup``).
+    :param read: returns a :class:`~.MemoryUsage` (default: read from the files).
     """
 
     def __init__(
@@ -326,33 +189,34 @@ class MemoryCheck:
         degraded_percent: float = 90.0,
         unhealthy_percent: float = 95.0,
         *,
-        read_rss: Callable[[], int | None] = resident_memory,
-        read_limit: Callable[[], MemoryLimit | None] = memory_limit,
+        cgroup_root: str | os.PathLike[str] = CGROUP_ROOT,
+        self_cgroup: str | os.PathLike[str] = PROC_SELF_CGROUP,
+        read: Callable[[], MemoryUsage | None] | None = None,
     ) -> None:
         if degraded_percent > unhealthy_percent:
             raise ValueError("degraded_percent must not be above unhealthy_percent")
         self.degraded_percent = degraded_percent
         self.unhealthy_percent = unhealthy_percent
-        self._read_rss = read_rss
-        self._read_limit = read_limit
+        self._read = read or functools.partial(memory_usage, cgroup_root, self_cgroup)
 
     def __call__(self) -> CheckResult:
-        rss = self._read_rss()
-        limit = self._read_limit()
-        if rss is None or limit is None or limit.limit_bytes <= 0:
+        usage = self._read()
+        if usage is None or usage.limit_bytes <= 0:
             return CheckResult.healthy(measured=False)
-        percent = round(rss * 100.0 / limit.limit_bytes, 2)
+        percent = round(usage.used_bytes * 100.0 / usage.limit_bytes, 2)
         figures = {
-            "rss_bytes": rss,
-            "limit_bytes": limit.limit_bytes,
-            "limit_source": limit.source,
+            "used_bytes": usage.used_bytes,
+            "limit_bytes": usage.limit_bytes,
+            "limit_source": usage.source,
+            "scope": usage.scope,
             "used_percent": percent,
         }
+        what = "cgroup memory" if usage.scope == "cgroup" else "resident memory"
+        reason = f"{what} at {percent}% of the limit"
         if percent >= self.unhealthy_percent:
-            reason = f"resident memory at {percent}% of the limit"
             return CheckResult.unhealthy(reason, **figures)
         if percent >= self.degraded_percent:
-            return CheckResult.degraded(f"resident memory at {percent}% of the limit", **figures)
+            return CheckResult.degraded(reason, **figures)
         return CheckResult.healthy(**figures)
 
 
