@@ -2,29 +2,49 @@
 
 Each check is a callable object that returns a :class:`~flask_gateway_obs.health.model.CheckResult`
 or raises; the runner in :mod:`flask_gateway_obs.health.runner` times it and bounds it.
-Every network check also carries its own client-side time limits, so the thread
-that runs it ends soon after the runner has given up on it; the one exception is
-``SELECT 1`` on a pooled PostgreSQL connection, which has only the server's
-``statement_timeout`` (see :class:`PostgresCheck`).
+Every network check also carries its own client-side time limits, so the thread that
+runs it is free again by the time the runner gives up on it: a hung dependency never
+keeps a thread for longer than the check's timeout (plus scheduling noise).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
-import math
 import os
+import selectors
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .memory import CGROUP_ROOT, PROC_SELF_CGROUP, MemoryUsage, memory_usage
 from .model import CheckResult, mask_secrets
 
-__all__ = ["DiskCheck", "MemoryCheck", "PostgresCheck", "RedisCheck"]
+__all__ = ["DiskCheck", "MemoryCheck", "PostgresCheck", "RedisCheck", "redis_client"]
 
 
 # --- Redis -------------------------------------------------------------------------------
+
+
+def redis_client(url: str, timeout: float) -> Any:
+    """The health check's own client for ``url``: connect and socket timeouts of
+    ``timeout``, one attempt (a retry would multiply what a dead host costs)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        client_name="gateway-obs-health",
+    )
 
 
 class RedisCheck:
@@ -43,7 +63,7 @@ class RedisCheck:
         self.timeout = timeout
         # Built (and redis imported) now, at init_app: a first probe that paid for the
         # import could miss its deadline. No connection is made until the first PING.
-        self._client = client if client is not None else self._client_from_url(url)
+        self._client = client if client is not None else redis_client(url or "", timeout)
 
     @property
     def target(self) -> dict[str, Any]:
@@ -51,22 +71,6 @@ class RedisCheck:
         if self.url is not None:
             return {"url": mask_secrets(self.url)}
         return {"client": type(self._client).__name__}
-
-    def _client_from_url(self, url: str | None) -> Any:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        assert url is not None
-        return redis.Redis.from_url(
-            url,
-            socket_connect_timeout=self.timeout,
-            socket_timeout=self.timeout,
-            # one attempt: a retry would multiply the time a dead host costs
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            client_name="gateway-obs-health",
-        )
 
     def __call__(self) -> CheckResult:
         answer = self._client.ping()
@@ -77,27 +81,40 @@ class RedisCheck:
 
 # --- PostgreSQL ----------------------------------------------------------------------------
 
+#: Share of the time left that the server's ``statement_timeout`` gets: the server cancels a
+#: slow query (the connection stays usable) before the client-side bound cuts it.
+_STATEMENT_SHARE = 0.9
+
 
 class PostgresCheck:
-    """``SELECT 1`` on a new connection from ``dsn``, or on one borrowed from ``pool``.
+    """``SELECT 1`` on a new connection from ``dsn``, or on one borrowed from ``pool``,
+    bounded on the client side by ``timeout`` in all: a server that accepts and never
+    answers, or goes silent in the middle of a query, frees the thread by the deadline.
 
-    A new connection gets ``connect_timeout`` and a ``statement_timeout``; a pooled one
-    runs the query in a transaction with ``SET LOCAL statement_timeout`` that is then
-    rolled back, and is always handed back (closed when it broke).
-
-    A pooled connection is already established and its socket has no client-side
-    timeout: if the network to the server goes silent, the query blocks until TCP
-    gives up (the pool's ``keepalives_*`` / ``tcp_user_timeout`` options decide when).
-    The runner still reports ``timeout`` at the check's deadline and starts no second
-    run meanwhile.
+    - A new connection is made and queried without blocking (libpq's asynchronous
+      mode), waiting on its socket until the deadline, then closed; the server also
+      gets a ``statement_timeout``. (Resolving the host name is the one step libpq
+      does not let us bound.)
+    - A pooled connection runs the query in a transaction with ``SET LOCAL
+      statement_timeout`` that is then rolled back; should the server not answer by the
+      deadline, the connection's socket is shut down, which ends the blocked call at
+      once. It is always handed back, closed when it broke or was cut.
 
     :param dsn: a ``postgresql://`` URL or a libpq ``key=value`` string.
     :param pool: an object with ``getconn()`` and ``putconn(conn, close=...)``,
         such as ``psycopg2.pool.ThreadedConnectionPool``.
-    :param timeout: seconds for connecting and for the query.
+    :param timeout: seconds for connecting and for the query, in all.
+    :param query: what to run (``SELECT 1``); its first row is fetched.
     """
 
-    def __init__(self, *, dsn: str | None = None, pool: Any = None, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        dsn: str | None = None,
+        pool: Any = None,
+        timeout: float,
+        query: str = "SELECT 1",
+    ) -> None:
         if (dsn is None) == (pool is None):
             raise ValueError("PostgresCheck needs exactly one of dsn and pool")
         if pool is not None and not (hasattr(pool, "getconn") and hasattr(pool, "putconn")):
@@ -108,7 +125,7 @@ class PostgresCheck:
         self.dsn = dsn
         self.pool = pool
         self.timeout = timeout
-        self._statement_ms = max(1, int(timeout * 1000))
+        self.query = query
         if dsn is not None:
             importlib.import_module("psycopg2")  # now, at init_app, not inside the first probe
 
@@ -120,51 +137,127 @@ class PostgresCheck:
         return {"pool": type(self.pool).__name__}
 
     def __call__(self) -> CheckResult:
+        deadline = time.monotonic() + self.timeout
         if self.pool is not None:
-            self._select_from_pool()
+            self._select_from_pool(deadline)
         else:
-            self._select_on_new_connection()
+            self._select_on_new_connection(deadline)
         return CheckResult.healthy(**self.target)
 
-    def _select_on_new_connection(self) -> None:
+    def _statement_ms(self, deadline: float) -> int:
+        return max(1, int((deadline - time.monotonic()) * 1000 * _STATEMENT_SHARE))
+
+    def _select_on_new_connection(self, deadline: float) -> None:
         import psycopg2
         from psycopg2.extensions import parse_dsn
 
         assert self.dsn is not None
         options = parse_dsn(self.dsn).get("options", "")
+        statement = f"-c statement_timeout={self._statement_ms(deadline)}"
         conn = psycopg2.connect(
             self.dsn,
-            # libpq takes whole seconds (and treats 1 as 2); the runner bounds the rest
-            connect_timeout=max(1, math.ceil(self.timeout)),
-            options=f"{options} -c statement_timeout={self._statement_ms}".strip(),
+            async_=True,
+            options=f"{options} {statement}".strip(),
             application_name="gateway-obs-health",
         )
         try:
+            self._wait(conn, deadline)
             with conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
+                cursor.execute(self.query)
+                self._wait(conn, deadline)
                 cursor.fetchone()
         finally:
             conn.close()
 
-    def _select_from_pool(self) -> None:
+    def _wait(self, conn: Any, deadline: float) -> None:
+        """Drive an asynchronous connection until its operation is done or the deadline."""
+        from psycopg2.extensions import POLL_OK, POLL_READ
+
+        while True:
+            state = conn.poll()
+            if state == POLL_OK:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer from PostgreSQL within {self.timeout:g} s")
+            events = selectors.EVENT_READ if state == POLL_READ else selectors.EVENT_WRITE
+            with selectors.DefaultSelector() as selector:
+                selector.register(conn.fileno(), events)
+                selector.select(remaining)
+
+    def _select_from_pool(self, deadline: float) -> None:
         conn = self.pool.getconn()
-        broken = True
-        was_autocommit = False
+        usable = False
+        watchdog = _Watchdog(conn, deadline - time.monotonic())
         try:
             was_autocommit = bool(conn.autocommit)
-            if was_autocommit:
-                conn.autocommit = False
-            with conn.cursor() as cursor:
-                cursor.execute("SET LOCAL statement_timeout = %s", (self._statement_ms,))
-                cursor.execute("SELECT 1")
-                cursor.fetchone()
-            conn.rollback()
-            if was_autocommit:
-                conn.autocommit = True
-            broken = False
+            try:
+                if was_autocommit:
+                    conn.autocommit = False
+                with conn.cursor() as cursor:
+                    cursor.execute(
+                        "SET LOCAL statement_timeout = %s", (self._statement_ms(deadline),)
+                    )
+                    cursor.execute(self.query)
+                    cursor.fetchone()
+            finally:
+                usable = _roll_back(conn, was_autocommit)
         finally:
+            cut = watchdog.stop()
             closed = bool(getattr(conn, "closed", False))
-            self.pool.putconn(conn, close=broken or closed)
+            self.pool.putconn(conn, close=cut or closed or not usable)
+
+
+def _roll_back(conn: Any, autocommit: bool) -> bool:
+    """End the check's transaction and restore autocommit; whether the connection is fine."""
+    try:
+        conn.rollback()
+        if autocommit:
+            conn.autocommit = True
+    except Exception:
+        return False
+    return True
+
+
+class _Watchdog:
+    """Shuts a connection's socket down unless stopped within ``seconds``.
+
+    A pooled psycopg2 connection blocks in libpq with no client-side timeout; shutting
+    its socket down (through a duplicate of the descriptor) makes the blocked call fail
+    at once with a connection error. Connections without ``fileno()`` get no watchdog.
+    """
+
+    def __init__(self, conn: Any, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._fired = False
+        self._done = False
+        self._timer: threading.Timer | None = None
+        fileno = getattr(conn, "fileno", None)
+        if fileno is None:
+            return
+        try:
+            self._fd = int(fileno())
+        except Exception:
+            return
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._fired = True
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> bool:
+        """Stop watching; whether the socket was shut down."""
+        with self._lock:
+            self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        return self._fired
 
 
 # --- memory --------------------------------------------------------------------------------

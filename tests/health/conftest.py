@@ -3,6 +3,7 @@ check's release, a listener that never accepts."""
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -98,3 +99,69 @@ def full_backlog() -> Iterator[tuple[str, int]]:
     for sock in fillers:
         sock.close()
     listener.close()
+
+
+class FreezingProxy:
+    """A TCP proxy on loopback in front of a real server; ``freeze()`` makes it stop
+    forwarding while keeping every connection open: an established connection whose
+    server accepts what it is sent (the kernel acknowledges it) and never answers."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.frozen = threading.Event()
+        self.closed = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def thaw(self) -> None:
+        self.frozen.clear()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream, timeout=5)
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while not self.closed.is_set():
+            if self.frozen.is_set():
+                time.sleep(0.01)
+                continue
+            try:
+                ready, _, _ = select.select([source], [], [], 0.05)
+                if not ready:
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    return
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def pg_proxy(database_url: str) -> Iterator[FreezingProxy]:
+    """A freezable proxy in front of the real PostgreSQL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(database_url)
+    proxy = FreezingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    yield proxy
+    proxy.close()

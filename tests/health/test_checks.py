@@ -3,6 +3,7 @@ has a module of its own)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from flask_gateway_obs.health.checks import (
 )
 
 from ..conftest import free_port
+from .conftest import FreezingProxy
 
 GIB = 1024**3
 
@@ -223,18 +225,88 @@ def test_postgres_check_refuses_an_object_that_is_no_pool() -> None:
         PostgresCheck(pool=object(), timeout=1.0)
 
 
-def test_postgres_check_black_hole_gives_up_after_connect_timeout(
-    black_hole: tuple[str, int],
+#: Scheduling allowance on a loaded 2-core machine, beyond a check's timeout.
+MARGIN = 0.3
+
+
+@pytest.mark.parametrize("fault", ["black_hole", "full_backlog"])
+def test_postgres_check_that_never_gets_an_answer_ends_within_its_timeout(
+    request: pytest.FixtureRequest, fault: str
 ) -> None:
-    """A server that never answers the start-up costs connect_timeout, not forever."""
+    """A server that accepts and never answers the start-up, or never accepts: the thread
+    is free at the check's timeout (libpq's connect_timeout would take whole seconds)."""
+    host, port = request.getfixturevalue(fault)
+    check = PostgresCheck(dsn=f"postgresql://u:pw@{host}:{port}/db", timeout=0.4)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"within 0\.4 s"):
+        check()
+    assert time.monotonic() - started < 0.4 + MARGIN
+
+
+def test_postgres_query_slower_than_the_timeout_is_cancelled_in_time(database_url: str) -> None:
+    """A new connection whose query outlasts the timeout (pg_sleep on the real server)
+    gives up within the timeout."""
+    from psycopg2.extensions import QueryCanceledError
+
+    check = PostgresCheck(dsn=database_url, timeout=0.4, query="SELECT pg_sleep(5)")
+    started = time.monotonic()
+    with pytest.raises((QueryCanceledError, TimeoutError)):  # the server or the clock
+        check()
+    assert time.monotonic() - started < 0.4 + MARGIN
+
+
+def test_pooled_query_slower_than_the_timeout_is_cancelled_and_the_connection_kept(
+    counting_pool: CountingPool,
+) -> None:
+    """On a pooled connection the server cancels the slow query before the deadline; the
+    connection is handed back open and serves the next run."""
+    from psycopg2.extensions import QueryCanceledError
+
+    slow = PostgresCheck(pool=counting_pool, timeout=0.4, query="SELECT pg_sleep(5)")
+    started = time.monotonic()
+    with pytest.raises(QueryCanceledError):
+        slow()
+    assert time.monotonic() - started < 0.4 + MARGIN
+    assert counting_pool.returned == [False]
+    assert PostgresCheck(pool=counting_pool, timeout=1.0)().status == HEALTHY
+    assert counting_pool.returned == [False, False]
+
+
+def test_pooled_connection_whose_server_goes_silent_frees_the_thread_in_time(
+    pg_proxy: FreezingProxy,
+) -> None:
+    """A pooled connection, established, whose server stops answering (what it is sent
+    is acknowledged, nothing comes back): the check ends by its timeout, hands the
+    connection back closed, and the next run gets a new one."""
     import psycopg2
 
-    host, port = black_hole
-    check = PostgresCheck(dsn=f"postgresql://u:pw@{host}:{port}/db", timeout=0.5)
-    started = time.monotonic()
-    with pytest.raises(psycopg2.OperationalError, match="timeout"):
-        check()
-    assert time.monotonic() - started < 1.0 + 1.0
+    pool = CountingPool(f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/test")
+    try:
+        check = PostgresCheck(pool=pool, timeout=0.4)
+        assert check().status == HEALTHY
+        pg_proxy.freeze()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                check()
+            except Exception as exc:
+                outcome["error"] = exc
+            outcome["seconds"] = time.monotonic() - started
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(0.4 + MARGIN + 2.0)  # a hung thread fails the test instead of hanging it
+        assert not thread.is_alive(), "the check still blocks on the silent server"
+        assert outcome["seconds"] < 0.4 + MARGIN
+        assert isinstance(outcome["error"], psycopg2.OperationalError)
+        assert pool.returned == [False, True]
+        pg_proxy.thaw()
+        assert check().status == HEALTHY
+        assert pool.returned == [False, True, False]
+    finally:
+        pool.closeall()
 
 
 # --- disk ------------------------------------------------------------------------------------
