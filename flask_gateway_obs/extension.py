@@ -8,6 +8,7 @@ that is off is not even imported.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import weakref
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flask import Flask
 
 from . import errors
-from .config import SENTRY_OFF, check_overrides, load_settings
+from .config import SENTRY_OFF, check_overrides, load_settings, unreceived_environment
 from .core.context import current_request
 from .core.middleware import ObsMiddleware
 from .core.state import EXTENSION_KEY, ObsState, current_state
-from .logs import AccessLog, configure_logging, quiet_server_access_lines
+from .logs import LOGGER_NAME, AccessLog, configure_logging, emit, quiet_server_access_lines
 
 if TYPE_CHECKING:
     from flask_limiter import Limiter
@@ -95,6 +96,7 @@ class GatewayObs:
             if settings.log_access:
                 quiet_server_access_lines()
             _route_app_logger(app)
+        _warn_unreceived_environment(app)
         errors.register(app, state)
         # Each concern plugs in here with one call (observers, listeners, blueprints);
         # one that is off is not imported.
@@ -304,3 +306,17 @@ def _sentry_wanted(dsn: str | None) -> bool:
     if dsn is None:
         return bool(os.environ.get("SENTRY_DSN", "").strip())
     return dsn != SENTRY_OFF
+
+
+def _warn_unreceived_environment(app: Flask) -> None:
+    # Names only: a value may be a secret.
+    names = unreceived_environment(app.config)
+    if names:
+        emit(
+            logging.getLogger(LOGGER_NAME),
+            logging.WARNING,
+            f"environment variables that app.config never received have no effect: "
+            f"{', '.join(names)}. Name them FLASK_GATEWAY_OBS_* and call "
+            "app.config.from_prefixed_env() before init_app",
+            {"variables": names},
+        )

@@ -22,7 +22,7 @@ from .model import (
     mask_secrets,
 )
 from .runner import HealthRunner, runner_of
-from .setup import HealthSetup, init_app
+from .setup import HealthSetup, init_app, unchecked_builtins
 
 __all__ = [
     "DEGRADED",
@@ -43,4 +43,5 @@ __all__ = [
     "mask_details",
     "mask_secrets",
     "runner_of",
+    "unchecked_builtins",
 ]

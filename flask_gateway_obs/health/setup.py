@@ -14,7 +14,7 @@ from .runner import HealthRunner, runner_of
 if TYPE_CHECKING:
     from ..core.state import ObsState
 
-__all__ = ["HealthSetup", "init_app"]
+__all__ = ["HealthSetup", "init_app", "unchecked_builtins"]
 
 
 class HealthSetup:
@@ -132,3 +132,24 @@ def init_app(app: Flask, state: ObsState, setup: HealthSetup) -> None:
         from .endpoints import register
 
         register(app, state)
+
+
+def unchecked_builtins(state: ObsState) -> list[tuple[str, str]]:
+    """The built-in checks this app does not run, each with why (for ``flask obs health``)."""
+    settings = state.settings
+    checks = runner_of(state).checks
+    missing: list[tuple[str, str]] = []
+    sources = (
+        ("redis", settings.health_check_redis, "REDIS_URL", "client"),
+        ("postgres", settings.health_check_postgres, "DATABASE_URL", "pool"),
+        ("memory", settings.health_check_memory, None, None),
+        ("disk", settings.health_check_disk, None, None),
+    )
+    for name, on, url_key, given in sources:
+        if name in checks:
+            continue
+        if not on:
+            missing.append((name, f"off: GATEWAY_OBS_HEALTH_CHECK_{name.upper()}"))
+        elif url_key is not None:
+            missing.append((name, f"no GATEWAY_OBS_{url_key} in app.config, no {given} given"))
+    return missing
