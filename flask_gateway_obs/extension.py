@@ -19,6 +19,7 @@ from flask import Flask
 
 from . import errors
 from .config import SENTRY_OFF, check_overrides, load_settings, unreceived_environment
+from .core import drain
 from .core.context import current_request
 from .core.middleware import ObsMiddleware
 from .core.state import EXTENSION_KEY, ObsState, current_state
@@ -129,6 +130,7 @@ class GatewayObs:
         app.wsgi_app = ObsMiddleware(state, app.wsgi_app)  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = state
         self._state_refs.add(state)
+        drain.track(state)
 
     @property
     def limiter(self) -> Limiter:
@@ -173,6 +175,25 @@ class GatewayObs:
         if ctx.trace_id is not None:
             headers["traceparent"] = f"00-{ctx.trace_id}-{secrets.token_hex(8)}-{ctx.trace_flags}"
         return headers
+
+    def begin_drain(self) -> None:
+        """Take this process out of rotation before it stops, then flush what is pending.
+
+        Every app of the process answers readiness (``/health/ready``, and ``/health``)
+        with 503 from now on, at once and without running a check; every other request,
+        in flight or new, is served as usual, and ``/health/live`` stays 200. Then the
+        drain hooks (Sentry's flush, span exporters) run, within
+        ``GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT`` seconds in all; this call returns after them.
+        Under gunicorn the hooks of :mod:`flask_gateway_obs.gunicorn` drain on SIGTERM.
+        """
+        count = drain.begin()
+        emit(
+            logging.getLogger(LOGGER_NAME),
+            logging.INFO,
+            "draining: readiness answers 503 from now on",
+            {"apps": count},
+        )
+        drain.flush()
 
     # --- metrics (metrics.py) ---
 

@@ -1,4 +1,4 @@
-"""Keys of the health checks (``GATEWAY_OBS_HEALTH_*``)."""
+"""Keys of the health checks (``GATEWAY_OBS_HEALTH_*``) and of the drain on shutdown."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from .metrics import MetricsKeys, MetricsSettings
 from .parsers import (
     PATH_ACCEPTS,
     PREFIX,
+    Parser,
     _bool,
     _choice,
     _header_name,
     _http_status,
     _int,
+    _Invalid,
     _non_negative_float,
     _optional,
     _path,
@@ -22,6 +24,16 @@ from .parsers import (
     _setting,
     _text,
 )
+
+
+def _seconds_up_to(maximum: float) -> Parser:
+    def parse(value: Any) -> float:
+        seconds = _positive_float(value)
+        if seconds > maximum:
+            raise _Invalid
+        return seconds
+
+    return parse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +196,16 @@ class HealthSettings:
         "disk check is unhealthy when this share of the space is used",
     )
 
+    # drain
+    drain_flush_timeout: float = _setting(
+        "DRAIN_FLUSH_TIMEOUT",
+        5.0,
+        _seconds_up_to(300.0),
+        "a number of seconds > 0 and <= 300",
+        "when the process is asked to stop, the drain hooks (Sentry's flush, span exporters) "
+        "get this long in all",
+    )
+
 
 class HealthKeys:
     """The ``app.config`` keys of this group."""
@@ -210,6 +232,7 @@ class HealthKeys:
     HEALTH_DISK_PATH = PREFIX + "HEALTH_DISK_PATH"
     HEALTH_DISK_DEGRADED_PERCENT = PREFIX + "HEALTH_DISK_DEGRADED_PERCENT"
     HEALTH_DISK_UNHEALTHY_PERCENT = PREFIX + "HEALTH_DISK_UNHEALTHY_PERCENT"
+    DRAIN_FLUSH_TIMEOUT = PREFIX + "DRAIN_FLUSH_TIMEOUT"
 
 
 def cross_checks(settings: HealthSettings) -> list[tuple[str, Any, str]]:

@@ -1,8 +1,9 @@
 """The health endpoints: ``/health``, ``/health/live`` and ``/health/ready``.
 
 Each endpoint runs its group's checks through the app's runner and renders the report;
-while the app drains (``state.draining``), readiness and ``/health`` answer 503 at once
-without running a check, and liveness answers as always.
+while the app drains (``state.draining``, see :mod:`flask_gateway_obs.core.drain`),
+readiness and ``/health`` answer unhealthy (503) at once without running a check, and
+liveness answers as always.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class HealthEndpoint:
         }
 
     def __call__(self) -> Response:
-        report = runner_of(self.state).run(self.group)
+        runner = runner_of(self.state)
+        if self.state.draining and self.group != LIVE:
+            report = runner.draining_report(self.group)
+        else:
+            report = runner.run(self.group)
         body = report.to_dict(details=self.show_details())
         return Response(
             json.dumps(body, default=str),

@@ -204,7 +204,10 @@ class CheckOutcome:
 
 @dataclass(frozen=True)
 class HealthReport:
-    """The result of one probe: ``status`` and ``checks`` (name -> :class:`CheckOutcome`)."""
+    """The result of one probe: ``status`` and ``checks`` (name -> :class:`CheckOutcome`).
+
+    ``draining`` is true on the answer of a draining app, which runs no check.
+    """
 
     status: str
     checks: Mapping[str, CheckOutcome]
@@ -212,6 +215,7 @@ class HealthReport:
     uptime_seconds: float
     version: str | None
     group: str | None = None
+    draining: bool = False
 
     @property
     def ok(self) -> bool:
@@ -220,13 +224,16 @@ class HealthReport:
 
     def to_dict(self, details: bool = False) -> dict[str, Any]:
         """The JSON body; ``details`` adds reasons, errors, hosts and figures."""
-        return {
+        body: dict[str, Any] = {
             "status": self.status,
             "checks": {name: o.to_dict(details) for name, o in self.checks.items()},
             "timestamp": self.timestamp,
             "uptime_seconds": self.uptime_seconds,
             "version": self.version,
         }
+        if self.draining:
+            body["draining"] = True
+        return body
 
 
 def aggregate(outcomes: Iterable[CheckOutcome]) -> str:

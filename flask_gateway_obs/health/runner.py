@@ -344,14 +344,21 @@ class HealthRunner:
                 },
             )
 
-    def _report(self, outcomes: dict[str, CheckOutcome], group: str | None) -> HealthReport:
+    def draining_report(self, group: str | None = None) -> HealthReport:
+        """The answer of a draining app: unhealthy, at once, without running a check."""
+        return self._report({}, group, draining=True)
+
+    def _report(
+        self, outcomes: dict[str, CheckOutcome], group: str | None, *, draining: bool = False
+    ) -> HealthReport:
         return HealthReport(
-            status=aggregate(outcomes.values()),
+            status=UNHEALTHY if draining else aggregate(outcomes.values()),
             checks=outcomes,
             timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             uptime_seconds=round(time.monotonic() - self._started, 3),
             version=self.version,
             group=group,
+            draining=draining,
         )
 
 
