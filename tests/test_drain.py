@@ -3,8 +3,16 @@ drain hooks within their bound; in one process and under real gunicorn on SIGTER
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import signal
+import textwrap
 import threading
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -155,3 +163,147 @@ def test_bad_drain_flush_timeout_is_a_config_error(make_app: MakeApp, value: Any
     with pytest.raises(ConfigError) as caught:
         make_app({Keys.DRAIN_FLUSH_TIMEOUT: value})
     assert [key for key, _, _ in caught.value.problems] == [Keys.DRAIN_FLUSH_TIMEOUT]
+
+
+# --- under gunicorn ----------------------------------------------------------------------------
+
+APP = textwrap.dedent(
+    """
+    import os
+    import threading
+    import time
+
+    from flask import Flask
+
+    from flask_gateway_obs import GatewayObs
+
+    HERE = os.path.dirname(os.path.abspath(__file__))
+    app = Flask("drain_gateway")
+    app.config.update(
+        GATEWAY_OBS_LOG_ACCESS=False,
+        GATEWAY_OBS_HEALTH_CHECK_DISK=False,
+        GATEWAY_OBS_HEALTH_CHECK_MEMORY=False,
+        GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT=1.0,
+    )
+    obs = GatewayObs(app)
+    state = app.extensions["gateway_obs"]
+
+
+    def flushed(seconds):
+        with open(os.path.join(HERE, "flushed"), "w") as out:
+            out.write(repr(seconds))
+
+
+    def hangs(seconds):
+        time.sleep(60)
+
+
+    state.drain_hooks += [flushed, hangs]
+
+
+    @app.get("/slow")
+    def slow():
+        # In flight until the worker has been asked to stop, and a little after.
+        name = f"slow-{os.getpid()}-{threading.get_ident()}"
+        open(os.path.join(HERE, name), "w").close()
+        deadline = time.monotonic() + 30
+        while not state.draining and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        return {"draining_seen": state.draining}
+    """
+)
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting in the backlog of the loopback listener on ``port`` (Linux)."""
+    try:
+        with open("/proc/net/tcp") as table:
+            lines = table.read().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # LISTEN
+            return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def fetch(url: str) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of a GET on a new connection; an HTTP error is an answer too."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.slow
+def test_sigterm_under_gunicorn_drains_a_gthread_worker(tmp_path: Any) -> None:
+    """A gthread worker gets SIGTERM (through the master, as Kubernetes sends it) with two
+    slow requests in flight and a readiness and a liveness probe waiting for a thread: the
+    slow requests complete with 200, readiness answers 503, liveness 200; at exit the drain
+    hooks run within GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT though one of them hangs."""
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs Linux's /proc/net/tcp to see that the probes were accepted")
+    from .test_gunicorn import Gunicorn
+
+    (tmp_path / "gw_app.py").write_text(APP)
+    server = Gunicorn(
+        str(tmp_path),
+        None,
+        "--worker-class",
+        "gthread",
+        "--workers",
+        "1",
+        "--threads",
+        "2",
+    )
+    try:
+        server.wait_ready()
+        answers: dict[str, tuple[int, dict[str, Any]]] = {}
+
+        def ask(name: str, path: str) -> Callable[[], None]:
+            return lambda: answers.__setitem__(name, fetch(server.url + path))
+
+        def answer(name: str, connection: http.client.HTTPConnection) -> Callable[[], None]:
+            def read() -> None:
+                response = connection.getresponse()
+                answers[name] = (response.status, json.loads(response.read()))
+                connection.close()
+
+            return read
+
+        calls = [threading.Thread(target=ask(f"slow{i}", "/slow"), daemon=True) for i in range(2)]
+        for call in calls:
+            call.start()
+        deadline = time.monotonic() + 20
+        while len(list(tmp_path.glob("slow-*"))) < 2:
+            assert time.monotonic() < deadline, "the slow requests never started"
+            time.sleep(0.02)
+        # The probes connect and send now; both threads are busy, so they wait for one.
+        # Once the worker has accepted them (the listener's backlog is empty again) they
+        # will be answered, whatever happens to the listener afterwards.
+        probes = []
+        for name, path in (("ready", "/health/ready"), ("live", "/health/live")):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            connection.request("GET", path)
+            probes.append(threading.Thread(target=answer(name, connection), daemon=True))
+        for probe in probes:
+            probe.start()
+        while accept_queue(server.port) != 0:
+            assert time.monotonic() < deadline, "the worker never accepted the probes"
+            time.sleep(0.01)
+        server.process.send_signal(signal.SIGTERM)
+        for thread in calls + probes:
+            thread.join(30)
+        assert answers["slow0"] == (200, {"draining_seen": True})
+        assert answers["slow1"] == (200, {"draining_seen": True})
+        status, body = answers["ready"]
+        assert (status, body["status"], body["draining"]) == (503, "unhealthy", True)
+        assert answers["live"][0] == 200
+        assert server.process.wait(timeout=20) == 0, server.output()
+        assert 0 < float((tmp_path / "flushed").read_text()) <= 1.0
+        assert "drain hooks did not finish within 1 s" in server.output()
+    finally:
+        server.stop()
