@@ -235,7 +235,8 @@ def fetch(url: str) -> tuple[int, dict[str, Any]]:
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with error:
+            return error.code, json.loads(error.read())
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ check's release, a listener that never accepts."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -110,12 +111,14 @@ class FreezingProxy:
         self.upstream = upstream
         self.frozen = threading.Event()
         self.closed = threading.Event()
+        self.lock = threading.Lock()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
         self.port = int(self.listener.getsockname()[1])
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def freeze(self) -> None:
         self.frozen.set()
@@ -130,9 +133,14 @@ class FreezingProxy:
             except OSError:
                 return
             server = socket.create_connection(self.upstream, timeout=5)
-            self.sockets += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            with self.lock:
+                self.sockets += [client, server]
+                if self.closed.is_set():
+                    return
+                for source, sink in ((client, server), (server, client)):
+                    pump = threading.Thread(target=self._pump, args=(source, sink), daemon=True)
+                    self.threads.append(pump)
+                    pump.start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         while not self.closed.is_set():
@@ -147,13 +155,21 @@ class FreezingProxy:
                 if not data:
                     return
                 sink.sendall(data)
-            except OSError:
+            except (OSError, ValueError):
                 return
 
     def close(self) -> None:
         self.closed.set()
-        for sock in self.sockets:
-            sock.close()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            threads = list(self.threads)
+        for thread in threads:
+            thread.join(5)
+        with self.lock:
+            for sock in self.sockets:
+                sock.close()
 
 
 @pytest.fixture
