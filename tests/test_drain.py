@@ -128,11 +128,16 @@ def test_drain_hooks_run_once_each_with_the_time_left(make_app: MakeApp) -> None
     def last(seconds: float) -> None:
         given.append(("last", seconds))
 
-    state_of(first).drain_hooks += [shared, broken]
-    state_of(second).drain_hooks += [shared, last]
+    class Exporter:
+        def flush(self, seconds: float) -> None:
+            given.append(("exporter", seconds))
+
+    exporter = Exporter()
+    state_of(first).drain_hooks += [shared, exporter.flush, broken]
+    state_of(second).drain_hooks += [shared, exporter.flush, last]
     with capture_logs("flask_gateway_obs") as logs:
         GatewayObs().begin_drain()
-    assert [name for name, _ in given] == ["shared", "last"]
+    assert [name for name, _ in given] == ["shared", "exporter", "last"]
     assert all(0 < seconds <= 3 for _, seconds in given), "the largest bound of the apps"
     assert [r["message"] for r in logs.records if r["level"] == "warning"] == [
         "a drain hook failed"

@@ -35,6 +35,17 @@ def _states() -> weakref.WeakSet[ObsState]:
     return states
 
 
+def _snapshot() -> list[ObsState]:
+    """The apps' states now. An app set up on another thread meanwhile changes the set
+    under the iteration; try again (a signal handler must not fail)."""
+    for _ in range(5):
+        try:
+            return list(_states())
+        except RuntimeError:
+            continue
+    return []
+
+
 def track(state: ObsState) -> None:
     """Count ``state``'s app among the apps of this process that a drain concerns."""
     _states().add(state)
@@ -45,7 +56,7 @@ def begin() -> int:
 
     Cheap and lock-free, so a signal handler may call it: it sets a flag on each state.
     """
-    states = list(_states())
+    states = _snapshot()
     for state in states:
         state.draining = True
     return len(states)
@@ -54,7 +65,7 @@ def begin() -> int:
 def flush_timeout() -> float:
     """The drain's bound in seconds: the largest ``GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT`` of the
     process's apps (0 without apps)."""
-    return max((s.settings.drain_flush_timeout for s in list(_states())), default=0.0)
+    return max((s.settings.drain_flush_timeout for s in _snapshot()), default=0.0)
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -67,9 +78,11 @@ def flush(timeout: float | None = None) -> bool:
 
     :returns: whether every hook finished in time.
     """
-    hooks: list[Callable[[float], None]] = list(
-        dict.fromkeys(hook for state in list(_states()) for hook in state.drain_hooks)
-    )
+    hooks: list[Callable[[float], None]] = []
+    for state in _snapshot():
+        for hook in state.drain_hooks:
+            if not any(_same(hook, known) for known in hooks):
+                hooks.append(hook)
     if not hooks:
         return True
     budget = flush_timeout() if timeout is None else timeout
@@ -94,3 +107,13 @@ def flush(timeout: float | None = None) -> bool:
         )
         return False
     return True
+
+
+def _same(a: Callable[[float], None], b: Callable[[float], None]) -> bool:
+    """One hook given by two apps (a function, or the same object's bound method)."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
