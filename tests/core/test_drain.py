@@ -23,7 +23,7 @@ from flask_gateway_obs.config import Keys
 from flask_gateway_obs.core.state import EXTENSION_KEY, ObsState
 from flask_gateway_obs.testing import capture_logs
 
-from .conftest import MakeApp
+from ..conftest import MakeApp
 
 QUIET = {Keys.HEALTH_CHECK_MEMORY: False, Keys.HEALTH_CHECK_DISK: False}
 
@@ -252,7 +252,7 @@ def test_sigterm_under_gunicorn_drains_a_gthread_worker(tmp_path: Any) -> None:
     hooks run within GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT though one of them hangs."""
     if not os.path.exists("/proc/net/tcp"):
         pytest.skip("needs Linux's /proc/net/tcp to see that the probes were accepted")
-    from .test_gunicorn import Gunicorn
+    from ..test_gunicorn import Gunicorn
 
     (tmp_path / "gw_app.py").write_text(APP)
     server = Gunicorn(
