@@ -11,8 +11,8 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
 
 import click
 from flask import Flask, current_app
@@ -40,13 +40,17 @@ def health_command(group: str | None, details: bool) -> None:
     """Run the health checks now and print the report as JSON.
 
     Exits 0 when healthy or degraded, 1 when unhealthy. Only the report goes to
-    stdout; anything logged or printed meanwhile goes to stderr. The run feeds no
+    stdout; anything logged or printed meanwhile goes to stderr, and so does a summary:
+    which checks ran (and against what), which built-in dependency was not checked and
+    why, and any ``GATEWAY_OBS_*`` variable of the environment that app.config never
+    received. The run feeds no
     metric: this process is not the server, and in a multi-worker deployment
     (``PROMETHEUS_MULTIPROC_DIR``) its numbers would add to the workers' for good.
     """
+    from .config import unreceived_environment
     from .core.contracts import Recorder
     from .core.state import EXTENSION_KEY
-    from .health import UNHEALTHY, UnknownGroupError, runner_of
+    from .health import UNHEALTHY, UnknownGroupError, runner_of, unchecked_builtins
 
     state = current_app.extensions.get(EXTENSION_KEY)
     if state is None:
@@ -62,11 +66,31 @@ def health_command(group: str | None, details: bool) -> None:
             except UnknownGroupError as exc:
                 raise click.BadParameter(str(exc), param_hint="'--group'") from None
             click.echo(json.dumps(report.to_dict(details=details), indent=2, default=str), stdout)
+        registered = runner.checks
+        checked = [
+            _described(name, registered[name].target if details else None) for name in report.checks
+        ]
+        click.echo(f"checked: {', '.join(checked) or 'nothing'}", err=True)
+        unchecked = [f"{name} ({why})" for name, why in unchecked_builtins(state)]
+        if unchecked:
+            click.echo(f"not checked: {', '.join(unchecked)}", err=True)
+        unreceived = unreceived_environment(current_app.config)
+        if unreceived:
+            click.echo(f"not received by app.config (no effect): {', '.join(unreceived)}", err=True)
     finally:
         runner.log_changes = log_changes
         state.recorder = recorder
     if report.status == UNHEALTHY:
         raise click.exceptions.Exit(1)
+
+
+def _described(name: str, target: Mapping[str, Any] | None) -> str:
+    """``name``, with what it talks to when known (passwords masked)."""
+    from .health import mask_secrets
+
+    if not target:
+        return name
+    return f"{name} ({', '.join(mask_secrets(str(value)) for value in target.values())})"
 
 
 @contextlib.contextmanager

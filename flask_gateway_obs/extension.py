@@ -8,6 +8,7 @@ that is off is not even imported.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import weakref
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flask import Flask
 
 from . import errors
-from .config import SENTRY_OFF, check_overrides, load_settings
+from .config import SENTRY_OFF, check_overrides, load_settings, unreceived_environment
+from .core import drain
 from .core.context import current_request
 from .core.middleware import ObsMiddleware
 from .core.state import EXTENSION_KEY, ObsState, current_state
-from .logs import AccessLog, configure_logging, quiet_server_access_lines
+from .logs import LOGGER_NAME, AccessLog, configure_logging, emit, quiet_server_access_lines
 
 if TYPE_CHECKING:
     from flask_limiter import Limiter
@@ -95,6 +97,7 @@ class GatewayObs:
             if settings.log_access:
                 quiet_server_access_lines()
             _route_app_logger(app)
+        _warn_unreceived_environment(app)
         errors.register(app, state)
         # Each concern plugs in here with one call (observers, listeners, blueprints);
         # one that is off is not imported.
@@ -127,6 +130,7 @@ class GatewayObs:
         app.wsgi_app = ObsMiddleware(state, app.wsgi_app)  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = state
         self._state_refs.add(state)
+        drain.track(state)
 
     @property
     def limiter(self) -> Limiter:
@@ -171,6 +175,25 @@ class GatewayObs:
         if ctx.trace_id is not None:
             headers["traceparent"] = f"00-{ctx.trace_id}-{secrets.token_hex(8)}-{ctx.trace_flags}"
         return headers
+
+    def begin_drain(self) -> None:
+        """Take this process out of rotation before it stops, then flush what is pending.
+
+        Every app of the process answers readiness (``/health/ready``, and ``/health``)
+        with 503 from now on, at once and without running a check; every other request,
+        in flight or new, is served as usual, and ``/health/live`` stays 200. Then the
+        drain hooks (Sentry's flush, span exporters) run, within
+        ``GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT`` seconds in all; this call returns after them.
+        Under gunicorn the hooks of :mod:`flask_gateway_obs.gunicorn` drain on SIGTERM.
+        """
+        count = drain.begin()
+        emit(
+            logging.getLogger(LOGGER_NAME),
+            logging.INFO,
+            "draining: readiness answers 503 from now on",
+            {"apps": count},
+        )
+        drain.flush()
 
     # --- metrics (metrics.py) ---
 
@@ -304,3 +327,17 @@ def _sentry_wanted(dsn: str | None) -> bool:
     if dsn is None:
         return bool(os.environ.get("SENTRY_DSN", "").strip())
     return dsn != SENTRY_OFF
+
+
+def _warn_unreceived_environment(app: Flask) -> None:
+    # Names only: a value may be a secret.
+    names = unreceived_environment(app.config)
+    if names:
+        emit(
+            logging.getLogger(LOGGER_NAME),
+            logging.WARNING,
+            f"environment variables that app.config never received have no effect: "
+            f"{', '.join(names)}. Name them FLASK_GATEWAY_OBS_* and call "
+            "app.config.from_prefixed_env() before init_app",
+            {"variables": names},
+        )

@@ -1,4 +1,6 @@
-"""gunicorn hooks so ``/metrics`` of any worker reports the total over all workers.
+"""gunicorn hooks: ``/metrics`` of any worker reports the total over all workers, and a
+worker asked to stop drains (readiness 503 at once, in-flight requests finished, Sentry
+flushed in bounded time).
 
 Use the module as gunicorn's config, with ``PROMETHEUS_MULTIPROC_DIR`` set in the
 environment that starts gunicorn::
@@ -9,7 +11,7 @@ environment that starts gunicorn::
 or import the hooks into your own ``gunicorn.conf.py``::
 
     from flask_gateway_obs.gunicorn import (  # noqa: F401
-        child_exit, on_starting, post_fork, worker_exit,
+        child_exit, on_starting, post_fork, post_worker_init, worker_exit,
     )
 
 - :func:`on_starting` (master, once): creates the directory if needed, removes the
@@ -20,8 +22,14 @@ or import the hooks into your own ``gunicorn.conf.py``::
   counters and histograms stay in the files: totals survive worker restarts.
 - :func:`post_fork` (worker, once): gives the worker Sentry clients of its own (also
   done automatically after any fork; a safety net).
-- :func:`worker_exit` (worker, at exit): sends pending Sentry events, within
-  ``GATEWAY_OBS_SENTRY_SHUTDOWN_TIMEOUT``.
+- :func:`post_worker_init` (worker, once its signal handlers are set): chains a SIGTERM
+  handler before gunicorn's own, which marks every app of the worker as draining, so
+  each readiness probe that still reaches the worker (on a kept-alive connection, or
+  waiting for one of a gthread worker's threads) answers 503 while in-flight requests
+  finish; gunicorn's graceful stop then goes on as usual.
+- :func:`worker_exit` (worker, at exit, after its last request): runs the drain hooks
+  (Sentry's flush, span exporters) and sends pending Sentry events, within
+  ``GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT`` in all.
 
 This module imports nothing of prometheus_client at import time: the client picks
 its multiprocess mode when first imported, which must happen with the variable set.
@@ -31,6 +39,9 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
+import sys
+import time
 from typing import Any
 
 __all__ = [
@@ -38,6 +49,7 @@ __all__ = [
     "clear_directory",
     "on_starting",
     "post_fork",
+    "post_worker_init",
     "worker_exit",
 ]
 
@@ -116,11 +128,47 @@ def post_fork(server: Any, worker: Any) -> None:
         server.log.warning("flask-gateway-obs: Sentry set-up after fork failed: %s", exc)
 
 
+def post_worker_init(worker: Any) -> None:
+    """gunicorn ``post_worker_init`` hook: drain on the worker's SIGTERM.
+
+    gunicorn sets the worker's signal handlers just before this hook; ours runs first on
+    SIGTERM (it only marks the worker's apps as draining, see
+    :func:`flask_gateway_obs.core.drain.begin`) and then hands over to gunicorn's.
+    """
+    from .core import drain
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        drain.begin()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except Exception as exc:  # a worker class that handles signals its own way
+        worker.log.warning("flask-gateway-obs: no drain on SIGTERM: %s", exc)
+
+
 def worker_exit(server: Any, worker: Any) -> None:
-    """gunicorn ``worker_exit`` hook: send pending Sentry events, in bounded time."""
+    """gunicorn ``worker_exit`` hook: the drain hooks, then pending Sentry events, within
+    ``GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT`` in all."""
+    from .core import drain
+
+    budget = drain.flush_timeout()
+    deadline = time.monotonic() + budget
+    try:
+        drain.flush(budget)
+    except Exception as exc:
+        server.log.warning("flask-gateway-obs: drain at exit failed: %s", exc)
+    if "flask_gateway_obs.sentry" not in sys.modules:
+        return  # Sentry is off in this process: nothing of it to send
     try:
         from .sentry import flush
 
-        flush(timeout=None)
+        flush(timeout=max(0.0, deadline - time.monotonic()) if budget else None)
     except Exception as exc:
         server.log.warning("flask-gateway-obs: Sentry flush at exit failed: %s", exc)

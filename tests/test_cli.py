@@ -231,3 +231,36 @@ def test_command_in_a_multiprocess_deployment_leaves_the_directory_alone(tmp_pat
     assert report["checks"]["noisy"]["status"] == "unhealthy"
     assert result.stderr.count("retrying connection") == 2  # JSON line and plain line
     assert sorted(os.listdir(prom)) == [live_worker.name]
+
+
+def test_the_command_says_which_dependencies_it_checked(make_app: MakeApp, redis_url: str) -> None:
+    """stderr names each check that ran, with its target (password masked), and each
+    built-in dependency that was not checked, with why."""
+    url = redis_url.replace("redis://", "redis://:s3cret@", 1)
+    app, _ = build(make_app, {Keys.REDIS_URL: url, Keys.HEALTH_CHECK_DISK: False})
+    result = app.test_cli_runner().invoke(args=["obs", "health"])
+    lines = result.stderr.splitlines()
+    masked = redis_url.replace("redis://", "redis://:***@", 1)
+    assert f"checked: redis ({masked}), memory" in lines
+    assert (
+        "not checked: postgres (no GATEWAY_OBS_DATABASE_URL in app.config, no pool given), "
+        "disk (off: GATEWAY_OBS_HEALTH_CHECK_DISK)"
+    ) in lines
+    assert "s3cret" not in result.stderr + result.stdout
+    result = app.test_cli_runner().invoke(args=["obs", "health", "--group", "live"])
+    assert "checked: nothing" in result.stderr.splitlines()
+
+
+def test_the_command_names_variables_app_config_never_received(
+    make_app: MakeApp, monkeypatch: Any
+) -> None:
+    """A Redis URL exported without the FLASK_ prefix: the command says Redis was not
+    checked and names the variable that never reached app.config (not its value)."""
+    monkeypatch.setenv("GATEWAY_OBS_REDIS_URL", "redis://:s3cret@127.0.0.1:6379/0")
+    app, _ = build(make_app, QUIET)
+    result = app.test_cli_runner().invoke(args=["obs", "health"])
+    assert result.exit_code == 0
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("not checked: redis (no GATEWAY_OBS_REDIS_URL") for line in lines)
+    assert "not received by app.config (no effect): GATEWAY_OBS_REDIS_URL" in lines
+    assert "s3cret" not in result.stderr + result.stdout

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "check_overrides",
     "load_settings",
     "parse_options",
+    "unreceived_environment",
 ]
 
 
@@ -135,3 +137,24 @@ def load_settings(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Se
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+_FLASK_PREFIX = "FLASK_"
+
+
+def unreceived_environment(
+    config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Names of the environment's ``GATEWAY_OBS_*`` variables that ``config`` never received.
+
+    ``GATEWAY_OBS_X`` (no ``FLASK_`` prefix) reaches ``app.config`` only if the app copies
+    it itself, and ``FLASK_GATEWAY_OBS_X`` only through ``app.config.from_prefixed_env()``;
+    either is silently unused otherwise. Names only: values are never looked at.
+    """
+    environ = os.environ if environ is None else environ
+    unreceived = []
+    for name in environ:
+        key = name[len(_FLASK_PREFIX) :] if name.startswith(_FLASK_PREFIX + PREFIX) else name
+        if key.startswith(PREFIX) and key.split("__", 1)[0] not in config:
+            unreceived.append(name)
+    return sorted(unreceived)

@@ -1,17 +1,21 @@
-"""Keys of the health checks (``GATEWAY_OBS_HEALTH_*``)."""
+"""Keys of the health checks (``GATEWAY_OBS_HEALTH_*``) and of the drain on shutdown."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from .metrics import MetricsKeys, MetricsSettings
 from .parsers import (
+    PATH_ACCEPTS,
     PREFIX,
+    Parser,
     _bool,
     _choice,
     _header_name,
     _http_status,
     _int,
+    _Invalid,
     _non_negative_float,
     _optional,
     _path,
@@ -20,6 +24,16 @@ from .parsers import (
     _setting,
     _text,
 )
+
+
+def _seconds_up_to(maximum: float) -> Parser:
+    def parse(value: Any) -> float:
+        seconds = _positive_float(value)
+        if seconds > maximum:
+            raise _Invalid
+        return seconds
+
+    return parse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,21 +52,21 @@ class HealthSettings:
         "HEALTH_PATH",
         "/health",
         _path,
-        "an absolute URL path",
+        PATH_ACCEPTS,
         "endpoint that runs every check",
     )
     health_live_path: str = _setting(
         "HEALTH_LIVE_PATH",
         "/health/live",
         _path,
-        "an absolute URL path",
+        PATH_ACCEPTS,
         "liveness endpoint: the process alone (checks in the ``live`` group, none by default)",
     )
     health_ready_path: str = _setting(
         "HEALTH_READY_PATH",
         "/health/ready",
         _path,
-        "an absolute URL path",
+        PATH_ACCEPTS,
         "readiness endpoint: the checks in the ``ready`` group (the dependencies)",
     )
     health_timeout: float = _setting(
@@ -182,6 +196,16 @@ class HealthSettings:
         "disk check is unhealthy when this share of the space is used",
     )
 
+    # drain
+    drain_flush_timeout: float = _setting(
+        "DRAIN_FLUSH_TIMEOUT",
+        5.0,
+        _seconds_up_to(300.0),
+        "a number of seconds > 0 and <= 300",
+        "when the process is asked to stop, the drain hooks (Sentry's flush, span exporters) "
+        "get this long in all",
+    )
+
 
 class HealthKeys:
     """The ``app.config`` keys of this group."""
@@ -208,10 +232,12 @@ class HealthKeys:
     HEALTH_DISK_PATH = PREFIX + "HEALTH_DISK_PATH"
     HEALTH_DISK_DEGRADED_PERCENT = PREFIX + "HEALTH_DISK_DEGRADED_PERCENT"
     HEALTH_DISK_UNHEALTHY_PERCENT = PREFIX + "HEALTH_DISK_UNHEALTHY_PERCENT"
+    DRAIN_FLUSH_TIMEOUT = PREFIX + "DRAIN_FLUSH_TIMEOUT"
 
 
 def cross_checks(settings: HealthSettings) -> list[tuple[str, Any, str]]:
-    """Rules between health keys (a token required by another key, distinct paths)."""
+    """Rules between health keys (a token required by another key, thresholds in order)
+    and the distinct paths of the extension's endpoints."""
     problems: list[tuple[str, Any, str]] = []
     if settings.health_show_details == "when_authorized" and not settings.health_token:
         problems.append(
@@ -233,15 +259,29 @@ def cross_checks(settings: HealthSettings) -> list[tuple[str, Any, str]]:
                 "a percentage not above GATEWAY_OBS_HEALTH_DISK_UNHEALTHY_PERCENT",
             )
         )
+    problems.extend(_endpoint_path_clashes(settings))
+    return problems
+
+
+def _endpoint_path_clashes(settings: HealthSettings) -> list[tuple[str, Any, str]]:
+    """Every endpoint the extension serves on a path of its own: health, live, ready and
+    metrics, those that are on (Settings composes both groups)."""
+    paths: dict[str, str] = {}
     if settings.health_enabled:
-        paths = {
-            HealthKeys.HEALTH_PATH: settings.health_path,
-            HealthKeys.HEALTH_LIVE_PATH: settings.health_live_path,
-            HealthKeys.HEALTH_READY_PATH: settings.health_ready_path,
-        }
-        seen: set[str] = set()
-        for key, path in paths.items():
-            if path in seen:
-                problems.append((key, path, "a path distinct from the other health paths"))
-            seen.add(path)
+        paths[HealthKeys.HEALTH_PATH] = settings.health_path
+        paths[HealthKeys.HEALTH_LIVE_PATH] = settings.health_live_path
+        paths[HealthKeys.HEALTH_READY_PATH] = settings.health_ready_path
+    if (
+        isinstance(settings, MetricsSettings)
+        and settings.metrics_enabled
+        and settings.metrics_endpoint
+    ):
+        paths[MetricsKeys.METRICS_PATH] = settings.metrics_path
+    problems: list[tuple[str, Any, str]] = []
+    owner: dict[str, str] = {}
+    for key, path in paths.items():
+        if path in owner:
+            problems.append((key, path, f"a path distinct from {owner[path]} (the same path)"))
+        else:
+            owner[path] = key
     return problems

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from .parsers import (
+    PATH_ACCEPTS,
     PREFIX,
     _bool,
     _buckets,
@@ -42,7 +43,7 @@ class MetricsSettings:
         "METRICS_PATH",
         "/metrics",
         _path,
-        "an absolute URL path",
+        PATH_ACCEPTS,
         "path of the exposition endpoint",
     )
     metrics_registry: str = _setting(

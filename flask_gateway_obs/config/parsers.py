@@ -226,9 +226,16 @@ def _string_list(value: Any) -> tuple[str, ...]:
     raise _Invalid
 
 
+PATH_ACCEPTS = "an absolute URL path without spaces, '<', '>', '?' or '#'"
+#: What an endpoint path may not hold: URL rule syntax (``<int:id>``), a query, a fragment.
+_NOT_IN_PATH = frozenset("<>?#")
+
+
 def _path(value: Any) -> str:
     text = _text(value)
-    if not text.startswith("/") or any(c.isspace() for c in text):
+    if not text.startswith("/") or any(
+        c.isspace() or not c.isprintable() or c in _NOT_IN_PATH for c in text
+    ):
         raise _Invalid
     return text.rstrip("/") or "/"
 

@@ -155,3 +155,44 @@ def test_request_id_header_must_be_an_ascii_token() -> None:
     """Non-ASCII header names are refused."""
     with pytest.raises(ConfigError, match="REQUEST_ID_HEADER"):
         load_settings({Keys.REQUEST_ID_HEADER: "X-Requ\u00e9st"}, {})
+
+
+def test_environment_variables_app_config_never_received_are_warned_about(
+    make_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GATEWAY_OBS_* variables without the FLASK_ prefix (and FLASK_GATEWAY_OBS_* ones that
+    were never loaded) are named in one warning at init_app; their values never appear."""
+    from flask_gateway_obs.testing import capture_logs
+
+    monkeypatch.setenv("GATEWAY_OBS_REDIS_URL", "redis://:hunter2@cache:6379/0")
+    monkeypatch.setenv("GATEWAY_OBS_LOG_LEVEL", "debug")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_HEALTH_TIMEOUT", "5")
+    with capture_logs("flask_gateway_obs") as logs:
+        make_app()
+    warnings = [r for r in logs.records if r["level"] == "warning"]
+    assert len(warnings) == 1
+    assert warnings[0]["variables"] == [
+        "FLASK_GATEWAY_OBS_HEALTH_TIMEOUT",
+        "GATEWAY_OBS_LOG_LEVEL",
+        "GATEWAY_OBS_REDIS_URL",
+    ]
+    assert "FLASK_" in warnings[0]["message"] and "from_prefixed_env" in warnings[0]["message"]
+    assert "hunter2" not in "".join(logs.lines) and "debug" not in warnings[0]["message"]
+
+
+def test_environment_variables_that_reached_app_config_are_not_warned_about(
+    make_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A variable loaded by from_prefixed_env(), or a key set in code as well, is no stray."""
+    from flask import Flask
+
+    from flask_gateway_obs.testing import capture_logs
+
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_HEALTH_TIMEOUT", "5")
+    monkeypatch.setenv("GATEWAY_OBS_SERVICE_NAME", "orders")
+    app = Flask("loaded")
+    app.config.from_prefixed_env()
+    app.config["GATEWAY_OBS_SERVICE_NAME"] = "orders"
+    with capture_logs("flask_gateway_obs") as logs:
+        GatewayObs(app)
+    assert [r for r in logs.records if r["level"] == "warning"] == []
