@@ -217,6 +217,24 @@ def _ours(app: Flask) -> None:
     GatewayObs(app)
 
 
+def _traced(flags: str) -> Installer:
+    """Ours, every request arriving with a W3C ``traceparent`` with these trace flags
+    (``01`` sampled: the duration histogram keeps it as an exemplar; ``00`` not)."""
+    header = f"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+
+    def install(app: Flask) -> None:
+        _ours(app)
+        inner = app.wsgi_app
+
+        def with_traceparent(environ: dict[str, Any], start_response: Any) -> Any:
+            environ["HTTP_TRACEPARENT"] = header
+            return inner(environ, start_response)
+
+        app.wsgi_app = with_traceparent  # type: ignore[method-assign]
+
+    return install
+
+
 def _nothing(app: Flask) -> None:
     return None
 
@@ -338,6 +356,26 @@ VARIANTS: tuple[Variant, ...] = (
         config_if_known=((_K + "RATELIMIT_ENABLED", False),),
         ours=("metrics",),
         description="request ID + JSON access log + metrics + error handling",
+    ),
+    Variant(
+        "ours-core-unsampled",
+        "ours: core, unsampled traceparent",
+        "ours",
+        _traced("00"),
+        config=(*_COMMON, (_K + "METRICS_ENABLED", True)),
+        config_if_known=((_K + "RATELIMIT_ENABLED", False),),
+        ours=("metrics",),
+        description="core; each request carries a traceparent with flags 00 (no exemplar)",
+    ),
+    Variant(
+        "ours-core-sampled",
+        "ours: core, sampled traceparent",
+        "ours",
+        _traced("01"),
+        config=(*_COMMON, (_K + "METRICS_ENABLED", True)),
+        config_if_known=((_K + "RATELIMIT_ENABLED", False),),
+        ours=("metrics",),
+        description="core; each request carries a sampled traceparent (an exemplar each)",
     ),
     Variant(
         "ours-defaults",

@@ -195,13 +195,14 @@ class GatewayObs:
         )
         drain.flush()
 
-    # --- metrics (metrics.py) ---
+    # --- metrics (metrics/) ---
 
     def track_dependency(self, name: str, operation: str = "call") -> DependencyTracker:
         """Time calls to a dependency in ``dependency_latency_seconds{dependency,operation}``.
 
         A context manager and a decorator (sync or async); an exception counts in
-        ``errors_total{source="dependency"}``. Build ``operation`` from an outgoing
+        ``errors_total{source="dependency"}``. With tracing on, each call is also a
+        CLIENT span under the request's span. Build ``operation`` from an outgoing
         URL with :func:`flask_gateway_obs.normalize_path`, never from the raw URL.
 
         .. code-block:: python

@@ -252,7 +252,7 @@ def test_sigterm_under_gunicorn_drains_a_gthread_worker(tmp_path: Any) -> None:
     hooks run within GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT though one of them hangs."""
     if not os.path.exists("/proc/net/tcp"):
         pytest.skip("needs Linux's /proc/net/tcp to see that the probes were accepted")
-    from ..test_gunicorn import Gunicorn
+    from ..gunicorn_server import Gunicorn
 
     (tmp_path / "gw_app.py").write_text(APP)
     server = Gunicorn(

@@ -1,4 +1,5 @@
-"""Real gunicorn with several workers: /metrics of any worker reports the exact total."""
+"""Real gunicorn with several workers: /metrics of any worker reports the exact total,
+with the answering worker's exemplars in OpenMetrics."""
 
 from __future__ import annotations
 
@@ -8,28 +9,24 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
-import flask_gateway_obs
-
-from .conftest import free_port
+from ..gunicorn_server import Gunicorn
+from .helpers import OPENMETRICS, promtool_check, promtool_check_openmetrics
 
 pytestmark = pytest.mark.slow
-
-#: The checkout under test, ahead of whatever copy of the package the interpreter has.
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(flask_gateway_obs.__file__)))
 
 APP = textwrap.dedent(
     """
@@ -84,69 +81,6 @@ APP = textwrap.dedent(
 )
 
 
-class Gunicorn:
-    """A gunicorn master started with our config module; stopped with SIGTERM."""
-
-    def __init__(self, workdir: str, multiproc_dir: str | None, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        if multiproc_dir is not None:
-            env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
-        env["PYTHONPATH"] = os.pathsep.join([workdir, PACKAGE_ROOT])
-        self.log = open(os.path.join(workdir, f"gunicorn-{self.port}.log"), "w+b")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:flask_gateway_obs.gunicorn",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--graceful-timeout",
-                "5",
-                *args,
-                "gw_app:app",
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError("gunicorn exited:\n" + self.output())
-            try:
-                self.get("/health/live")
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("gunicorn did not answer:\n" + self.output())
-
-    def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return bytes(response.read())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.log.close()
-
-
 @pytest.fixture
 def workdir(tmp_path: Any) -> str:
     (tmp_path / "gw_app.py").write_text(APP)
@@ -199,11 +133,20 @@ def hit(server: Gunicorn, count: int, sleep: float = 0.0, threads: int = 1) -> s
         return set(pool.map(one, range(count)))
 
 
-def gather(server: Gunicorn, workers: int) -> set[int]:
-    """One request per worker at the same time (see /gather); the pids that answered."""
+def traceparent(index: int) -> str:
+    """A sampled W3C traceparent whose trace ID is made of ``index``."""
+    return f"00-{index + 1:032x}-00f067aa0ba902b7-01"
 
-    def one(_: int) -> int:
-        return int(json.loads(server.get(f"/gather?n={workers}"))["pid"])
+
+def gather(server: Gunicorn, workers: int, traced: bool = False) -> set[int]:
+    """One request per worker at the same time (see /gather); the pids that answered.
+
+    :param traced: send each request with its own sampled ``traceparent(i)``.
+    """
+
+    def one(index: int) -> int:
+        headers = {"traceparent": traceparent(index)} if traced else None
+        return int(json.loads(server.get(f"/gather?n={workers}", headers))["pid"])
 
     with ThreadPoolExecutor(workers) as pool:
         return set(pool.map(one, range(workers)))
@@ -223,6 +166,30 @@ def test_every_worker_reports_the_total(start: Callable[..., Gunicorn], tmp_path
         assert totals["http_request_duration_seconds_count"] == 60
         assert totals["active_connections"] == 0
     assert os.path.isdir(metrics_dir)
+
+
+def test_each_worker_scrape_carries_its_own_exemplar(
+    start: Callable[..., Gunicorn], tmp_path: Any
+) -> None:
+    """2 workers, each served one sampled request: every OpenMetrics scrape carries the
+    answering worker's exemplar (a trace ID that was sent) over every worker's counts;
+    the text format none; promtool accepts both."""
+    server = start(str(tmp_path / "prom"), "--workers", "2")
+    server.wait_ready()
+    assert len(gather(server, 2, traced=True)) == 2, "each worker served one traced request"
+    sent = {traceparent(i).split("-")[1] for i in range(2)}
+    for _ in range(8):
+        body = server.get("/metrics", OPENMETRICS).decode()
+        families = {f.name: f for f in parse_openmetrics(body)}
+        duration = families["http_request_duration_seconds"]
+        exemplars = [s.exemplar.labels["trace_id"] for s in duration.samples if s.exemplar]
+        assert len(exemplars) == 1 and exemplars[0] in sent
+        counts = [s.value for s in duration.samples if s.name.endswith("_count")]
+        assert counts == [2.0]
+    promtool_check_openmetrics(body)
+    text = server.get("/metrics").decode()
+    assert "trace_id" not in text
+    promtool_check(text)
 
 
 def test_worker_killed_mid_request_leaves_no_live_gauge(

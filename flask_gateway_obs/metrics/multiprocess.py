@@ -1,285 +1,131 @@
-"""Fast rendering of the Prometheus text format 0.0.4 and OpenMetrics 1.0.0.
+"""Multiprocess mode: the directory, the process's own clean-up, and the fast reader.
 
-prometheus_client's own renderer builds a ``Sample`` tuple and a label dict for
-every line, validates and escapes every label name and value, and formats every
-number on every scrape: about 0.25 s for 1,500 histogram label sets and 7,500
-counters. Here the label part of each line is escaped once per series and kept,
-and the values are read straight from the metric objects (single process) or
-from the metric files of every worker (multiprocess, see :class:`MultiprocessReader`),
-so a scrape only formats numbers.
-
-Only the extension's own metrics take the fast path; anything else registered on
-the same registry (a user's own metrics, process metrics) is rendered by
-prometheus_client and appended, so the exposition stays complete.
+With ``PROMETHEUS_MULTIPROC_DIR`` set (before prometheus_client is imported, as
+gunicorn's config module :mod:`flask_gateway_obs.gunicorn` makes sure), the values
+live in that directory's files and ``/metrics`` reports the total over every worker:
+through :class:`MultiprocessReader` on the fast path, through prometheus_client's
+``MultiProcessCollector`` on the public path (see
+:mod:`flask_gateway_obs._compat.prometheus_client`).
 """
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import glob
 import json
 import logging
-import math
 import os
 import struct
-from collections.abc import Iterable, Iterator
-from typing import Any
+import tempfile
+from collections.abc import Mapping
 
-from prometheus_client import Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-from prometheus_client.utils import floatToGoString
+from ..core import process
+from .exposition import (
+    ExemplarRecord,
+    Exemplars,
+    Family,
+    bound_of,
+    exemplar_text,
+    format_value,
+    label_string,
+    le_string,
+)
 
 __all__ = [
-    "CONTENT_TYPE_OPENMETRICS",
-    "CONTENT_TYPE_TEXT",
-    "Family",
-    "MetricWalker",
     "MultiprocessReader",
-    "escape_label_value",
-    "format_value",
-    "render",
-    "wants_openmetrics",
+    "check_directory",
+    "forget_process",
+    "multiprocess_dir",
+    "multiprocess_dir_setting",
 ]
 
-CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
 _log = logging.getLogger("flask_gateway_obs.metrics")
-_INF = math.inf
 
 
-def escape_label_value(value: str) -> str:
-    """Escape a label value for both formats (backslash, newline, double quote)."""
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
-
-
-def _escape_help(text: str, openmetrics: bool) -> str:
-    text = text.replace("\\", r"\\").replace("\n", r"\n")
-    return text.replace('"', r"\"") if openmetrics else text
-
-
-def format_value(value: float) -> str:
-    """A sample value as both formats (and both parsers) read it."""
-    if value == _INF:
-        return "+Inf"
-    if value == -_INF:
-        return "-Inf"
-    if value != value:
-        return "NaN"
-    return repr(float(value))
-
-
-def le_string(bound: float) -> str:
-    """A bucket bound as prometheus_client writes it (and its metric files key it)."""
-    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
-
-
-def label_string(names: Iterable[str], values: Iterable[str]) -> str:
-    """``a="1",b="2"`` (without braces), values escaped."""
-    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=False))
-
-
-def wants_openmetrics(accept: str | None) -> bool:
-    """Whether an ``Accept`` header prefers OpenMetrics 1.0.0 over the text format.
-
-    Like prometheus_client, an ``application/openmetrics-text`` entry counts only
-    without a version or with version 1.0.0 or later; ``q=0`` refuses it. Media types
-    and parameter names are case-insensitive.
-    """
-    if not accept or "openmetrics" not in accept.lower():
-        return False
-    best_om = best_text = 0.0
-    for entry in accept.split(","):
-        parts = [p.strip() for p in entry.split(";")]
-        media = parts[0].lower()
-        quality, version = 1.0, ""
-        for param in parts[1:]:
-            key, _, val = param.partition("=")
-            key = key.strip().lower()
-            if key == "q":
-                try:
-                    quality = float(val)
-                except ValueError:
-                    quality = 0.0
-            elif key == "version":
-                version = val.strip()
-        if media == "application/openmetrics-text":
-            if not version or _version_tuple(version) >= (1, 0, 0):
-                best_om = max(best_om, quality)
-        elif media in ("text/plain", "text/*", "*/*"):
-            best_text = max(best_text, quality)
-    return best_om > 0 and best_om >= best_text
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
+def check_directory(path: str) -> str | None:
+    """Create ``path`` if needed and prove it writable; the problem, or ``None``."""
     try:
-        return tuple(int(p) for p in version.split("."))
-    except ValueError:
-        return (0,)
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
 
 
-class Family:
-    """One metric family ready to print: its sample lines are complete but for ``\\n``."""
-
-    __slots__ = ("help", "lines", "name", "type")
-
-    def __init__(self, name: str, type_: str, help_: str, lines: list[str]) -> None:
-        #: OpenMetrics family name (a counter's without ``_total``).
-        self.name = name
-        self.type = type_
-        self.help = help_
-        self.lines = lines
+def multiprocess_dir_setting() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR``, if set and not empty."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def _header(family: Family, openmetrics: bool) -> str:
-    name, type_ = family.name, family.type
-    if not openmetrics:
-        if type_ == "counter":
-            name += "_total"
-        elif type_ == "info":
-            name += "_info"
-            type_ = "gauge"
-        elif type_ == "unknown":
-            type_ = "untyped"
-    help_ = _escape_help(family.help, openmetrics)
-    return f"# HELP {name} {help_}\n# TYPE {name} {type_}\n"
+def forget_process(path: str | None = None) -> None:
+    """Remove the live-gauge files of this process from the multiprocess directory.
 
-
-def render(
-    families: Iterable[Family], others: Iterable[Any] = (), *, openmetrics: bool = False
-) -> bytes:
-    """The exposition of ``families`` plus prometheus_client's rendering of ``others``.
-
-    :param others: collectors (objects with ``collect()``) rendered by prometheus_client.
+    What ``child_exit`` does for a gunicorn worker (``mark_process_dead``), done by
+    the process itself; registered to run at exit in every process that uses the
+    directory, so that one that is not a server worker (a CLI command, a script)
+    leaves no in-flight count, breaker state or health result behind. Counters and
+    histograms stay: their totals must survive the process.
     """
-    parts: list[str] = []
-    for family in families:
-        if family.lines:
-            parts.append(_header(family, openmetrics))
-            parts.append("\n".join(family.lines))
-            parts.append("\n")
-    body = "".join(parts).encode("utf-8")
-    others = list(others)
-    if others:
-        shim = _Collectors(others)
-        if openmetrics:
-            rest = generate_openmetrics(shim)  # type: ignore[no-untyped-call]
-            if rest.endswith(b"# EOF\n"):
-                rest = rest[: -len(b"# EOF\n")]
-        else:
-            rest = generate_latest(shim)
-        body += rest
-    if openmetrics:
-        body += b"# EOF\n"
-    return body
-
-
-class _Collectors:
-    """Several collectors seen as one, for prometheus_client's renderers."""
-
-    def __init__(self, collectors: list[Any]) -> None:
-        self._collectors = collectors
-
-    def collect(self) -> Iterator[Metric]:
-        for collector in self._collectors:
-            yield from collector.collect()
-
-
-# --- single process ------------------------------------------------------------------
-
-
-class MetricWalker:
-    """Renders one prometheus_client ``Counter``, ``Gauge`` or ``Histogram`` of ours.
-
-    Walks the metric's children and reads their values; the label part of every
-    line is built once per child and kept. Relies on attributes of
-    prometheus_client's metric objects (``_metrics``, ``_value``, ``_buckets``,
-    ``_sum``, ``_upper_bounds``) that have been stable for many releases;
-    :func:`supports_fast_path` checks them once at start.
-    """
-
-    def __init__(self, metric: Any) -> None:
-        self.metric = metric
-        self.type: str = metric._type
-        self.name: str = metric._name
-        self.help: str = metric._documentation
-        self._labelnames: tuple[str, ...] = tuple(metric._labelnames)
-        self._prefixes: dict[tuple[str, ...], Any] = {}
-        self._sample: str = self.name + "_total" if self.type == "counter" else self.name
-
-    def family(self) -> Family:
-        """The metric's family with its current values."""
-        metric = self.metric
-        if self._labelnames:
-            with metric._lock:
-                children = list(metric._metrics.items())
-        else:
-            children = [((), metric)]
-        lines: list[str] = []
-        if self.type == "histogram":
-            self._histogram_lines(children, lines)
-        else:
-            prefixes = self._prefixes
-            for labelvalues, child in children:
-                prefix = prefixes.get(labelvalues)
-                if prefix is None:
-                    prefix = prefixes[labelvalues] = self._line_prefix(labelvalues)
-                lines.append(prefix + format_value(child._value.get()))
-        return Family(self.name, self.type, self.help, lines)
-
-    def _line_prefix(self, labelvalues: tuple[str, ...]) -> str:
-        if not labelvalues:
-            return self._sample + " "
-        return f"{self._sample}{{{label_string(self._labelnames, labelvalues)}}} "
-
-    def _histogram_prefixes(self, labelvalues: tuple[str, ...], bounds: list[float]) -> Any:
-        labels = label_string(self._labelnames, labelvalues)
-        sep = "," if labels else ""
-        name = self.name
-        buckets = tuple(f'{name}_bucket{{{labels}{sep}le="{le_string(b)}"}} ' for b in bounds)
-        braces = f"{{{labels}}}" if labels else ""
-        return buckets, f"{name}_count{braces} ", f"{name}_sum{braces} "
-
-    def _histogram_lines(self, children: list[tuple[Any, Any]], lines: list[str]) -> None:
-        prefixes = self._prefixes
-        append = lines.append
-        for labelvalues, child in children:
-            entry = prefixes.get(labelvalues)
-            if entry is None:
-                entry = prefixes[labelvalues] = self._histogram_prefixes(
-                    labelvalues, child._upper_bounds
-                )
-            bucket_prefixes, count_prefix, sum_prefix = entry
-            total = 0.0
-            # Bucket counts are finite whole numbers: repr() is their exposition.
-            for prefix, value in zip(bucket_prefixes, child._buckets, strict=False):
-                total += value.get()
-                append(prefix + repr(total))
-            append(count_prefix + repr(total))
-            append(sum_prefix + format_value(child._sum.get()))
-
-
-def supports_fast_path(counter: Any, gauge: Any, histogram: Any) -> bool:
-    """Whether these (labelled, unlabelled, histogram) metrics have what the walker reads.
-
-    Looks without creating a child: in multiprocess mode a child is a file entry
-    that can never be removed.
-    """
+    path = path or multiprocess_dir_setting()
+    if not path:
+        return
     try:
-        return (
-            isinstance(counter._metrics, dict)
-            and hasattr(counter, "_lock")
-            and callable(gauge._value.get)
-            and isinstance(histogram._upper_bounds, list)
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
+    except Exception:  # at exit, or racing the master's child_exit: never fail
+        _log.debug("removing this process's live metric files failed", exc_info=True)
+
+
+def _forget_process_at_exit(path: str) -> None:
+    # One exit hook per process: a reset forgets the registry entry, and the hook
+    # registered again then replaces the earlier one instead of adding a second.
+    def install() -> str:
+        atexit.unregister(forget_process)
+        atexit.register(forget_process, path)
+        return path
+
+    process.registry("metrics.forget_process_at_exit", install)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory this process shares its metrics through, or ``None`` (one process).
+
+    :raises RuntimeError: when prometheus_client is in multiprocess mode but the
+        directory is unset or unusable.
+    """
+    from prometheus_client import values
+
+    path = multiprocess_dir_setting()
+    in_mp_mode = values.ValueClass is not values.MutexValue
+    if path and not in_mp_mode:
+        _log.warning(
+            "PROMETHEUS_MULTIPROC_DIR is set but prometheus_client was imported before it "
+            "was: this process keeps its metrics to itself and /metrics shows one worker. "
+            "Set the variable in the environment that starts the server."
         )
-    except AttributeError:
-        return False
+        return None
+    if not in_mp_mode:
+        return None
+    if not path:
+        raise RuntimeError(
+            "prometheus_client is in multiprocess mode but PROMETHEUS_MULTIPROC_DIR is no "
+            "longer set; keep it set for the life of the process"
+        )
+    problem = check_directory(path)
+    if problem is not None:
+        raise RuntimeError(
+            f"PROMETHEUS_MULTIPROC_DIR={path!r} is not a writable directory ({problem}); "
+            "metrics cannot be shared between workers. Create it (writable by the "
+            "workers' user) or unset the variable for a single-process server."
+        )
+    _forget_process_at_exit(path)
+    return path
 
 
-# --- multiprocess ----------------------------------------------------------------------
+# --- the fast reader -------------------------------------------------------------------
 
 _HEADER = struct.Struct("i")
 _SUM, _MIN, _MAX, _RECENT = 0, 1, 2, 3
@@ -298,13 +144,6 @@ _GAUGE_OPS = {
 _MAX_KEYS = 200_000
 
 
-def _bound(le: str) -> float:
-    try:
-        return float(le)
-    except ValueError:
-        return _INF
-
-
 class _MpSeries:
     """One line of a counter, gauge or summary family: its slot and its line prefix."""
 
@@ -318,9 +157,11 @@ class _MpSeries:
 class _MpHistogram:
     """One label set of a histogram: bucket slots sorted by bound, and the sum slot."""
 
-    __slots__ = ("bounds", "buckets", "count_prefix", "sum_prefix", "sum_slot")
+    __slots__ = ("bounds", "buckets", "count_prefix", "labels", "sum_prefix", "sum_slot")
 
-    def __init__(self, name: str, labels: str) -> None:
+    def __init__(self, name: str, labels: str, values: Mapping[str, str]) -> None:
+        #: The series' labels (``le`` aside), to find its exemplars.
+        self.labels = dict(values)
         braces = f"{{{labels}}}" if labels else ""
         self.count_prefix = f"{name}_count{braces} "
         self.sum_prefix = f"{name}_sum{braces} "
@@ -380,8 +221,12 @@ class MultiprocessReader:
         self._recent_slots: set[int] = set()
         self._warned: set[str] = set()
 
-    def families(self) -> list[Family]:
-        """The merged families of every metric file in the directory."""
+    def families(self, exemplars: Exemplars | None = None) -> list[Family]:
+        """The merged families of every metric file in the directory.
+
+        :param exemplars: this process's exemplars of one histogram family, shown on
+            its bucket lines (OpenMetrics).
+        """
         acc: list[float] = [0.0] * self._nslots
         present: set[int] = set()
         extreme: dict[int, float] = {}
@@ -419,9 +264,19 @@ class MultiprocessReader:
         if self._recent_slots:
             # Like prometheus_client: a mostrecent gauge that was never set has no sample.
             present -= self._recent_slots - recent.keys()
-        return [self._family(f, acc, present) for f in self._families.values()]
+        return [
+            self._family(f, acc, present, exemplars if f.name == name else None)
+            for name in [exemplars.name if exemplars is not None else None]
+            for f in self._families.values()
+        ]
 
-    def _family(self, family: _MpFamily, acc: list[float], present: set[int]) -> Family:
+    def _family(
+        self,
+        family: _MpFamily,
+        acc: list[float],
+        present: set[int],
+        exemplars: Exemplars | None,
+    ) -> Family:
         lines: list[str] = []
         append = lines.append
         for series in family.series:
@@ -430,11 +285,16 @@ class MultiprocessReader:
         for hist in family.histograms.values():
             if hist.sum_slot not in present and not any(s in present for s, _ in hist.buckets):
                 continue
+            records = _records(exemplars, hist)
             total = 0.0
-            for slot, prefix in hist.buckets:
+            for bound, (slot, prefix) in zip(hist.bounds, hist.buckets, strict=True):
                 if slot in present:
                     total += acc[slot]
-                    append(prefix + format_value(total))
+                    record = records.get(bound) if records is not None else None
+                    if record is None:
+                        append(prefix + format_value(total))
+                    else:
+                        append(prefix + format_value(total) + exemplar_text(record))
             append(hist.count_prefix + format_value(total))
             if hist.sum_slot in present:
                 append(hist.sum_prefix + format_value(acc[hist.sum_slot]))
@@ -529,13 +389,13 @@ class MultiprocessReader:
         le = labels.pop("le", None) if kind == "histogram" else None
         names = sorted(labels)
         label_text = label_string(names, [labels[k] for k in names])
-        bound = _bound(le) if le is not None else None
+        bound = bound_of(le) if le is not None else None
         # One series per sample name and labels, whatever else differs in the key (help).
         identity = (sample_name, label_text, bound)
         slot = self._series.get(identity)
         if slot is None:
             slot = self._new_series(
-                metric_name, sample_name, kind, str(help_text), label_text, bound
+                metric_name, sample_name, kind, str(help_text), (label_text, labels), bound
             )
             self._series[identity] = slot
             if kind == "gauge" and _GAUGE_OPS[mode] == _RECENT:
@@ -549,9 +409,10 @@ class MultiprocessReader:
         sample_name: str,
         kind: str,
         help_text: str,
-        label_text: str,
+        series_labels: tuple[str, dict[str, str]],
         bound: float | None,
     ) -> int:
+        label_text, labels = series_labels
         family = self._families.get(metric_name)
         if family is None:
             family = self._families[metric_name] = _MpFamily(metric_name, kind, help_text)
@@ -563,7 +424,7 @@ class MultiprocessReader:
             return slot
         hist = family.histograms.get(label_text)
         if hist is None:
-            hist = family.histograms[label_text] = _MpHistogram(metric_name, label_text)
+            hist = family.histograms[label_text] = _MpHistogram(metric_name, label_text, labels)
         if bound is None:
             hist.sum_slot = slot
         else:
@@ -578,3 +439,19 @@ class MultiprocessReader:
         if what not in self._warned:
             self._warned.add(what)
             _log.warning("%s (%s)", message, what)
+
+
+def _records(exemplars: Exemplars | None, hist: _MpHistogram) -> dict[float, ExemplarRecord] | None:
+    """The exemplars of one histogram series by bucket bound, if it has any."""
+    if exemplars is None:
+        return None
+    records = exemplars.lookup(hist.labels)
+    if records is None:
+        return None
+    found: dict[float, ExemplarRecord] = {}
+    for bound in hist.bounds:
+        index = exemplars.index(bound)
+        record = records[index] if index is not None and index < len(records) else None
+        if record is not None:
+            found[bound] = record
+    return found

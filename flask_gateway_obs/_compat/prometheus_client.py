@@ -1,0 +1,157 @@
+"""prometheus_client internals read by the metrics' hot path and fast renderer.
+
+Verified with prometheus_client 0.20.0 to 0.26.0, every minor release in between:
+
+- the hot path adds to a metric child's value objects directly (``_value.inc`` of a
+  counter or gauge, ``_sum.inc`` and ``_buckets[i].inc`` of a histogram child), which
+  is what ``inc()`` and ``observe()`` end in, without their per-call checks;
+- the fast renderer reads the children (``_metrics`` under ``_lock``) and their values
+  (``_value``, ``_sum``, ``_buckets``, ``_upper_bounds``) instead of building a
+  ``Sample`` per line through ``collect()``;
+- :class:`flask_gateway_obs.metrics.multiprocess.MultiprocessReader` reads the layout
+  of the multiprocess files (``mmap_dict``) itself.
+
+Outside those versions, when the internals are not as expected, or when the
+environment variable ``FGO_PUBLIC_PATH`` names ``prometheus_client`` (or ``all``), the
+metrics take the public path: ``inc()``/``observe()``, ``collect()`` and prometheus_client's
+own renderers and ``MultiProcessCollector``. The numbers are the same; requests and
+scrapes cost more. The choice is logged once at info level.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..core import process
+
+__all__ = [
+    "PUBLIC_PATH_ENV",
+    "VERIFIED",
+    "fast_path",
+    "histogram_updaters",
+    "histogram_values",
+    "value_adder",
+    "values_of",
+]
+
+#: Lowest and highest ``(major, minor)`` release the internals were verified with.
+VERIFIED = ((0, 20), (0, 26))
+#: Comma-separated libraries (or ``all``) whose public path is forced.
+PUBLIC_PATH_ENV = "FGO_PUBLIC_PATH"
+
+_log = logging.getLogger("flask_gateway_obs.metrics")
+
+Adder = Callable[[float], None]
+
+
+def fast_path() -> bool:
+    """Whether the internals may be read; decided (and logged) once per process."""
+    return bool(process.registry("compat.prometheus_client", _decide))
+
+
+def _decide() -> bool:
+    version = _version()
+    reason = public_path_reason(version)
+    if reason is None:
+        return True
+    _log.info(
+        "prometheus_client %s: %s; metrics use its public API (same numbers, slower "
+        "requests and scrapes)",
+        version or "(unknown version)",
+        reason,
+    )
+    return False
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("prometheus_client")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored copies
+        return None
+
+
+def public_path_reason(version: str | None) -> str | None:
+    """Why the public path must be taken with ``version`` here, or ``None``."""
+    forced = {p.strip().lower() for p in os.environ.get(PUBLIC_PATH_ENV, "").split(",")}
+    if forced & {"all", "prometheus_client", "prometheus-client"}:
+        return f"{PUBLIC_PATH_ENV} asks for the public path"
+    low, high = VERIFIED
+    release = _release(version)
+    if release is None or not low <= release <= high:
+        return "outside the versions verified for the fast path (0.20 to 0.26)"
+    if not _internals_present():
+        return "its internals differ from those of the verified versions"
+    return None
+
+
+def _release(version: str | None) -> tuple[int, int] | None:
+    if not version:
+        return None
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _internals_present() -> bool:
+    # Labelled metrics without children: in multiprocess mode a child is a file entry.
+    from prometheus_client import Counter, Histogram
+
+    counter = Counter("compat_probe", "probe", ["label"], registry=None)
+    histogram = Histogram("compat_probe_seconds", "probe", ["label"], registry=None)
+    return (
+        isinstance(getattr(counter, "_metrics", None), dict)
+        and hasattr(counter, "_lock")
+        and isinstance(getattr(histogram, "_upper_bounds", None), list)
+    )
+
+
+# --- the hot path --------------------------------------------------------------------
+
+
+def value_adder(metric: Any) -> Adder:
+    """What ``inc(amount)`` of an unlabelled counter or gauge (or a child) ends in.
+
+    :raises AttributeError: when the metric is not as the verified versions make it.
+    """
+    adder: Adder = metric._value.inc
+    return adder
+
+
+def histogram_updaters(child: Any) -> tuple[Adder, list[Adder], list[float]]:
+    """``(sum.inc, [bucket.inc, ...], upper bounds)`` of a histogram child, whose
+    ``observe(v)`` is ``sum.inc(v)`` and ``buckets[bisect_left(bounds, v)].inc(1)``.
+
+    :raises AttributeError: when the child is not as the verified versions make it.
+    """
+    return child._sum.inc, [bucket.inc for bucket in child._buckets], list(child._upper_bounds)
+
+
+# --- the fast renderer ---------------------------------------------------------------
+
+
+def _children(metric: Any, labelled: bool) -> list[tuple[tuple[str, ...], Any]]:
+    if not labelled:
+        return [((), metric)]
+    with metric._lock:
+        return list(metric._metrics.items())
+
+
+def values_of(metric: Any, labelled: bool) -> list[tuple[tuple[str, ...], float]]:
+    """``(label values, value)`` of every child of a counter or gauge."""
+    return [(labels, child._value.get()) for labels, child in _children(metric, labelled)]
+
+
+def histogram_values(
+    metric: Any, labelled: bool
+) -> list[tuple[tuple[str, ...], list[float], list[float], float]]:
+    """``(label values, upper bounds, bucket counts (not cumulated), sum)`` per child."""
+    return [
+        (labels, child._upper_bounds, [b.get() for b in child._buckets], child._sum.get())
+        for labels, child in _children(metric, labelled)
+    ]
