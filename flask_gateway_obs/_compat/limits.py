@@ -1,0 +1,96 @@
+"""limits internals the rate limiter's fast path reads: the memory storage's sweeper, and
+the fixed window's Redis script.
+
+Verified with limits 5.x (5.8.0). Outside it, :data:`VERIFIED` is false and the concern
+keeps limits' own behaviour: a sweeper thread started as limits starts it, and fixed
+windows on Redis counted through the strategy (a round trip more per limit).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import version
+from typing import Any
+
+from limits.storage import MemoryStorage, RedisStorage
+
+__all__ = ["SWEEP_INTERVAL", "VERIFIED", "incr_with_ttl", "throttle_sweeps"]
+
+#: limits' major versions this module was checked against.
+VERIFIED_MAJORS = (5,)
+
+
+def _major(text: str) -> int:
+    try:
+        return int(text.split(".")[0])
+    except ValueError:
+        return 0
+
+
+#: Whether the installed limits is one of the verified versions (tests may switch it off).
+VERIFIED = _major(version("limits")) in VERIFIED_MAJORS
+
+#: Seconds between two sweeps of expired windows out of an in-memory storage.
+SWEEP_INTERVAL = 1.0
+_SCHEDULE_SWEEP = "_MemoryStorage__schedule_expiry"  # limits' MemoryStorage, name-mangled
+
+#: limits' ``incr_expire.lua``, the fixed window's hit on Redis, as limits 5.8 ships it.
+INCR_EXPIRE = b"""
+local current
+local amount = tonumber(ARGV[2])
+current = redis.call("incrby", KEYS[1], amount)
+
+if tonumber(current) == amount then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+
+return current
+"""
+#: The same hit, also returning the key's TTL: a hit and the window for the headers in
+#: one round trip. Used only while limits ships the script above unchanged.
+_INCR_EXPIRE_TTL = b"""
+local amount = tonumber(ARGV[2])
+local current = redis.call("incrby", KEYS[1], amount)
+if tonumber(current) == amount then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+return {current, redis.call("ttl", KEYS[1])}
+"""
+
+
+def throttle_sweeps(storage: MemoryStorage) -> MemoryStorage:
+    """Let ``storage`` start its sweeper thread at most once per :data:`SWEEP_INTERVAL`.
+
+    limits' memory storage sweeps expired windows in a one-shot 10 ms timer thread that
+    every hit restarts when it has finished: under load about a hundred thread starts a
+    second, each stalling the request that makes it until the OS runs the new thread.
+    Counting does not depend on the sweep (a window past its expiry is dropped when next
+    read), only memory does: expired windows of clients that do not come back stay up to
+    a second longer. Outside the verified versions the storage is left as it is.
+    """
+    schedule = getattr(storage, _SCHEDULE_SWEEP, None) if VERIFIED else None
+    if schedule is None:
+        return storage
+    next_sweep = 0.0
+
+    def throttled() -> None:
+        nonlocal next_sweep
+        now = time.monotonic()
+        if now >= next_sweep:
+            next_sweep = now + SWEEP_INTERVAL
+            schedule()
+
+    # On this instance only (the app's own storage): the class is left alone.
+    setattr(storage, _SCHEDULE_SWEEP, throttled)
+    return storage
+
+
+def incr_with_ttl(storage: RedisStorage) -> Any:
+    """A script counting a fixed-window hit and returning ``[count, ttl]``, or None when
+    limits' own script is not the one this module knows (then the strategy counts).
+
+    Registering a script does not connect.
+    """
+    if not VERIFIED or INCR_EXPIRE.split() != storage.SCRIPT_INCR_EXPIRE.split():
+        return None
+    return storage.get_connection().register_script(_INCR_EXPIRE_TTL)

@@ -1,0 +1,131 @@
+"""What the fast path resolves once per endpoint and method, and what it keeps per request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .._compat.flask_limiter import RuntimeLimit
+
+__all__ = ["EXEMPT_PLAN", "NOTHING", "SLOW_PLAN", "Checked", "Hit", "Plan", "Rule", "Variant"]
+
+#: (client key, count after the hit, window reset timestamp); count is None when the
+#: strategy counted (its window is read back for the headers, as Flask-Limiter does).
+Hit = tuple[str, int | None, float]
+
+
+class Rule:
+    """One limit of a plan: everything about it that is the same on every request."""
+
+    __slots__ = (
+        "amount",
+        "amount_text",
+        "cost",
+        "expiry",
+        "head",
+        "item",
+        "key_func",
+        "limit",
+        "prefix",
+        "scope",
+        "shared",
+        "tail",
+    )
+
+    def __init__(self, limit: RuntimeLimit, scope: str, key_prefix: str, storage_prefix: str):
+        item = limit.limit
+        self.limit = limit
+        self.item = item
+        self.amount = item.amount
+        self.amount_text = str(item.amount)
+        self.expiry = item.get_expiry()
+        self.cost = int(limit.deduction_amount)
+        self.key_func = limit.key_func
+        self.scope = scope
+        self.prefix = key_prefix
+        self.shared = limit.shared
+        # limits' item.key_for(*args) is "namespace/" + "/".join(args + [amount, multiples,
+        # granularity]); Flask-Limiter's args are [key_prefix,] client key, scope.
+        middle = f"{key_prefix}/" if key_prefix else ""
+        self.head = f"{storage_prefix}{item.namespace}/{middle}"
+        self.tail = f"/{scope}/{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
+
+    def args(self, client: str) -> list[str]:
+        """The identifiers Flask-Limiter hits this limit with (``RequestLimit.request_args``)."""
+        return [self.prefix, client, self.scope] if self.prefix else [client, self.scope]
+
+    def key(self, client: str) -> str:
+        """The storage key of ``client``'s window (what the storage itself is called with)."""
+        return f"{self.head}{client}{self.tail}"
+
+
+class Variant:
+    """The limits one step evaluates, given what earlier steps of the request marked seen."""
+
+    __slots__ = ("header", "rules", "seen")
+
+    def __init__(self, rules: tuple[Rule, ...], seen: tuple[RuntimeLimit, ...]) -> None:
+        self.rules = rules
+        #: Flask-Limiter's ``seen_limits`` after the step (defaults are counted once a request).
+        self.seen = seen
+        #: Which limit the headers describe when none is breached: the first not shared.
+        self.header = next((i for i, rule in enumerate(rules) if not rule.shared), 0)
+
+
+NOTHING: tuple[RuntimeLimit, ...] = ()
+
+
+class Plan:
+    """One step of the check (the before-request gate, or a decorated view) for one
+    endpoint and method, resolved once."""
+
+    __slots__ = ("after_gate", "alone", "exempt", "gate_seen", "name", "slow")
+
+    def __init__(
+        self,
+        *,
+        slow: bool = False,
+        exempt: bool = False,
+        name: str = "",
+        alone: Variant | None = None,
+        gate_seen: tuple[RuntimeLimit, ...] | None = None,
+        after_gate: Variant | None = None,
+    ) -> None:
+        #: Flask-Limiter's own evaluation runs this step.
+        self.slow = slow
+        #: Nothing is limited (no endpoint, or a static file).
+        self.exempt = exempt
+        #: The qualified name of the view (a decorated step runs for it alone).
+        self.name = name
+        #: The step when nothing was seen before it in the request.
+        self.alone = alone or Variant((), NOTHING)
+        #: What the gate of the same endpoint and method marks seen, and the step after it.
+        self.gate_seen = gate_seen
+        self.after_gate = after_gate
+
+
+SLOW_PLAN = Plan(slow=True)
+EXEMPT_PLAN = Plan(exempt=True)
+
+
+class Checked:
+    """What a fast step did in this request: enough for the headers, or for handing
+    Flask-Limiter its own per-request state (``current_limit``) if anything asks for it."""
+
+    __slots__ = ("breached", "header", "hits", "rules", "seen")
+
+    def __init__(
+        self,
+        seen: tuple[RuntimeLimit, ...],
+        rules: tuple[Rule, ...],
+        hits: list[Hit | None],
+        header: int,
+        breached: tuple[int, ...],
+    ) -> None:
+        self.seen = seen
+        self.rules = rules
+        #: One entry per rule evaluated, None for a rule skipped (an empty client key).
+        self.hits = hits
+        #: Index of the rule the headers describe, -1 for none.
+        self.header = header
+        self.breached = breached
