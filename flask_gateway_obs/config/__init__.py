@@ -26,6 +26,7 @@ from .health import cross_checks as health_cross_checks
 from .metrics import MetricsKeys, MetricsSettings
 from .parsers import PREFIX, ConfigError, Parser, _Invalid, _Problems, parse_options
 from .ratelimit import RatelimitKeys, RatelimitSettings
+from .ratelimit import cross_checks as ratelimit_cross_checks
 from .resilience import BREAKER_OPTIONS, RETRY_OPTIONS, ResilienceKeys, ResilienceSettings
 from .sentry import SENTRY_OFF, SentryKeys, SentrySettings
 from .sentry import cross_checks as sentry_cross_checks
@@ -72,6 +73,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 _CROSS_CHECKS: tuple[Callable[[Settings], list[tuple[str, Any, str]]], ...] = (
     health_cross_checks,
     sentry_cross_checks,
+    ratelimit_cross_checks,
 )
 
 

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from .parsers import (
     PREFIX,
+    Parser,
     _bool,
     _callable_or_import,
     _int,
+    _Invalid,
     _optional,
     _positive_float,
     _setting,
 )
+
+#: Tighter than the shared bound on seconds: a Redis timeout past a minute is a hang (and
+#: one of 1e10 s overflows the socket's), a probe interval past an hour leaves a recovered
+#: storage unused for long.
+MAX_STORAGE_TIMEOUT = 60.0
+MAX_PROBE_INTERVAL = 3600.0
+
+
+def _seconds_up_to(maximum: float) -> Parser:
+    def parse(value: Any) -> float:
+        number = _positive_float(value)
+        if number > maximum:
+            raise _Invalid
+        return number
+
+    return parse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +67,16 @@ class RatelimitSettings:
     ratelimit_storage_timeout: float = _setting(
         "RATELIMIT_STORAGE_TIMEOUT",
         0.25,
-        _positive_float,
-        "a number of seconds > 0 and <= 86400",
+        _seconds_up_to(MAX_STORAGE_TIMEOUT),
+        f"a number of seconds > 0 and <= {MAX_STORAGE_TIMEOUT:g}, below the probe interval",
         "connect and read timeout of a Redis limiter storage, unless "
         "``RATELIMIT_STORAGE_OPTIONS`` sets ``socket_timeout`` / ``socket_connect_timeout``",
     )
     ratelimit_probe_interval: float = _setting(
         "RATELIMIT_PROBE_INTERVAL",
         30.0,
-        _positive_float,
-        "a number of seconds > 0 and <= 86400",
+        _seconds_up_to(MAX_PROBE_INTERVAL),
+        f"a number of seconds > 0 and <= {MAX_PROBE_INTERVAL:g}",
         "longest wait between two checks of a limiter storage that is down (the wait starts at "
         "0.5 s and doubles)",
     )
@@ -80,3 +99,18 @@ class RatelimitKeys:
     RATELIMIT_STORAGE_TIMEOUT = PREFIX + "RATELIMIT_STORAGE_TIMEOUT"
     RATELIMIT_PROBE_INTERVAL = PREFIX + "RATELIMIT_PROBE_INTERVAL"
     TRUSTED_PROXIES = PREFIX + "TRUSTED_PROXIES"
+
+
+def cross_checks(settings: RatelimitSettings) -> list[tuple[str, Any, str]]:
+    """Rules between rate-limit keys: a probe of a storage that is down must end before the
+    next one is due (else a black-holed storage stalls a request at every probe)."""
+    problems: list[tuple[str, Any, str]] = []
+    if settings.ratelimit_storage_timeout >= settings.ratelimit_probe_interval:
+        problems.append(
+            (
+                RatelimitKeys.RATELIMIT_STORAGE_TIMEOUT,
+                settings.ratelimit_storage_timeout,
+                "a timeout below GATEWAY_OBS_RATELIMIT_PROBE_INTERVAL",
+            )
+        )
+    return problems
