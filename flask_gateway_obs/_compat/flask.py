@@ -33,7 +33,8 @@ __all__ = [
 VERIFIED_SERIES = ((3, 0), (3, 1))
 
 
-def _series(text: str) -> tuple[int, int]:
+def series(text: str) -> tuple[int, int]:
+    """The (major, minor) of a version string; (0, 0) when it has none."""
     parts = text.split(".")
     try:
         return int(parts[0]), int(parts[1])
@@ -42,7 +43,7 @@ def _series(text: str) -> tuple[int, int]:
 
 
 #: Whether the installed Flask is one of the verified series.
-VERIFIED = _series(version("flask")) in VERIFIED_SERIES
+VERIFIED = series(version("flask")) in VERIFIED_SERIES
 
 
 # --- the public path -----------------------------------------------------------------------

@@ -41,7 +41,8 @@ __all__ = [
 VERIFIED_SERIES = ((4, 1),)
 
 
-def _series(text: str) -> tuple[int, int]:
+def series(text: str) -> tuple[int, int]:
+    """The (major, minor) of a version string; (0, 0) when it has none."""
     parts = text.split(".")
     try:
         return int(parts[0]), int(parts[1])
@@ -50,7 +51,7 @@ def _series(text: str) -> tuple[int, int]:
 
 
 #: Whether the installed Flask-Limiter is verified (tests may switch it off).
-VERIFIED = _series(version("flask-limiter")) in VERIFIED_SERIES
+VERIFIED = series(version("flask-limiter")) in VERIFIED_SERIES
 
 _CONTEXT_ATTR = "_limiter_request_context"  # where Flask-Limiter keeps its per-request state
 

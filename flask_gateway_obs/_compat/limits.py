@@ -20,7 +20,8 @@ __all__ = ["SWEEP_INTERVAL", "VERIFIED", "incr_with_ttl", "throttle_sweeps"]
 VERIFIED_MAJORS = (5,)
 
 
-def _major(text: str) -> int:
+def major(text: str) -> int:
+    """The major of a version string; 0 when it has none."""
     try:
         return int(text.split(".")[0])
     except ValueError:
@@ -28,7 +29,7 @@ def _major(text: str) -> int:
 
 
 #: Whether the installed limits is one of the verified versions (tests may switch it off).
-VERIFIED = _major(version("limits")) in VERIFIED_MAJORS
+VERIFIED = major(version("limits")) in VERIFIED_MAJORS
 
 #: Seconds between two sweeps of expired windows out of an in-memory storage.
 SWEEP_INTERVAL = 1.0
