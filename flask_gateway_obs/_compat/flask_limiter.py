@@ -29,9 +29,11 @@ __all__ = [
     "RuntimeLimit",
     "Settings",
     "flask_limiters_context",
+    "has_limits",
     "limit_groups",
     "middleware_has_limits",
     "settings_of",
+    "storage_dead",
     "track_changes",
     "uses_own_state",
     "with_window",
@@ -131,6 +133,11 @@ def middleware_has_limits(limiter: Limiter) -> bool:
         or limiter._meta_limits
         or limiter._in_memory_fallback
     )
+
+
+def has_limits(limiter: Limiter) -> bool:
+    """Whether any limit is declared: for the before-request step, or on a view or a block."""
+    return middleware_has_limits(limiter) or bool(limiter.limit_manager._decorated_limits)
 
 
 def limit_groups(limiter: Limiter, callable_name: str) -> list[Limit]:

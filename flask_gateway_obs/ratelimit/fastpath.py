@@ -140,6 +140,10 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
             return response  # the limiter did nothing for this request
         return self.finish(response, self.current_limit)
 
+    def needs_steps(self) -> bool:
+        """Whether any limit is declared: without one, no Flask hook runs per request."""
+        return compat.has_limits(self)
+
     def _limits_changed(self) -> None:
         """Drop the plans: a limit, an exemption or a route was added."""
         with self._plans_lock:
@@ -147,6 +151,8 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
             self._gate_plans = {}
             self._view_plans = {}
             self._middleware_limits = compat.middleware_has_limits(self)
+        if not self._plugged and self._hook_anchor is not None and self.needs_steps():
+            self.plug_in()  # the first limit of an app that had none
 
     def _fast_check(
         self, ctx: Any, req: Request, callable_name: str | None, in_middleware: bool

@@ -80,6 +80,9 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
         self._gw_inject: Callable[[Response], Response] | None = None
         self._retry_after_header = "Retry-After"
         self._gw_key_prefix: str = options.get("key_prefix", "")
+        self._hook_anchor: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+        self._setting_up = False
+        self._plugged = False
         super().__init__(key_func, **options)
         quiet_flask_limiters_logger(self.logger)
 
@@ -117,17 +120,52 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
             if getattr(check, "__self__", None) is self:
                 before.remove(check)
                 self._gw_check = check
-                self._state.request_gates.append(self.gate)
         after = app.after_request_funcs.get(None, [])
         for inject in list(after):
             if isinstance(inject, functools.partial) and inject.args[:1] == (self,):
                 after.remove(inject)
                 self._gw_inject = inject
-                self._state.response_hooks.append(self.response_hook)
         teardown = app.teardown_request_funcs.get(None, [])
         for release in list(teardown):
             if getattr(release, "__self__", None) is self:
                 teardown.remove(release)
+        # Where the extension's steps go if they are plugged in after init_app: after the
+        # hooks the app registered before it, before those it registers later.
+        self._hook_anchor = (tuple(before), tuple(after))
+        self._setting_up = True
+        try:
+            if self.needs_steps():
+                self.plug_in()
+        finally:
+            self._setting_up = False
+
+    def needs_steps(self) -> bool:
+        """Whether any limit may apply to a request (Flask-Limiter's own evaluation cannot
+        tell without evaluating: always)."""
+        return True
+
+    def plug_in(self) -> None:
+        """Put the limiter's steps into the extension's before- and after-request steps.
+
+        During ``init_app`` the extension registers those steps with Flask; later (a first
+        limit added to an app that had none) they are registered here, at the place they
+        would have had.
+        """
+        with self._views_lock:
+            if self._plugged or self._hook_anchor is None:
+                return
+            self._plugged = True
+            state = self._state
+            app = state.app
+            before_anchor, after_anchor = self._hook_anchor
+            if self._gw_check is not None:
+                state.request_gates.append(self.gate)
+                if not self._setting_up:
+                    _register(app.before_request_funcs, state.run_gates, before_anchor)
+            if self._gw_inject is not None:
+                state.response_hooks.append(self.response_hook)
+                if not self._setting_up:
+                    _register(app.after_request_funcs, state.run_response_hooks, after_anchor)
 
     # --- storage health ------------------------------------------------------------
 
@@ -226,6 +264,24 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
             )
         except Exception:  # instrumentation never breaks a request
             _log.debug("reporting a rate limit breach failed", exc_info=True)
+
+
+def _register(
+    hooks: dict[Any, list[Any]], step: Callable[..., Any], anchor: tuple[Any, ...]
+) -> None:
+    """Add ``step`` to the app-wide ``hooks`` right after the last of ``anchor`` still there.
+
+    The list is replaced, not changed: a request going through the old one is unaffected.
+    """
+    current = list(hooks.get(None, ()))
+    if step in current:
+        return
+    position = 0
+    for index, hook in enumerate(current):
+        if any(hook is known for known in anchor):
+            position = index + 1
+    current.insert(position, step)
+    hooks[None] = current
 
 
 def retry_after_of(limit: RequestLimit) -> int:

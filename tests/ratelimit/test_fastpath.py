@@ -146,3 +146,15 @@ def test_a_limited_request_costs_one_redis_round_trip(make_app, redis_url, monke
     assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["98", "97", "96"]
     assert all(0 < int(r.headers["X-RateLimit-Reset"]) - time.time() <= 61 for r in responses)
     assert sent == ["EVALSHA"] * 3
+
+
+def test_without_a_limit_no_flask_hook_runs_per_request(make_app) -> None:
+    """Rate limiting on and no limit declared: the app has the hooks of rate limiting off."""
+    hooks = []
+    for enabled in (True, False):
+        app = make_app({Keys.RATELIMIT_ENABLED: enabled})
+        app.add_url_rule("/free", "free", lambda: "free")
+        assert statuses(app.test_client(), "/free", 3) == [200] * 3
+        registered = (app.before_request_funcs, app.after_request_funcs)
+        hooks.append([hook for funcs in registered for hooks_ in funcs.values() for hook in hooks_])
+    assert hooks[0] == hooks[1] == []

@@ -8,12 +8,12 @@ import warnings
 from typing import Any
 
 import pytest
-from flask import request
+from flask import Blueprint, g, request
 from flask_limiter import Limiter
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from flask_gateway_obs import ServiceUnavailableError
+from flask_gateway_obs import GatewayObs, ServiceUnavailableError
 from flask_gateway_obs.config import Keys
 from flask_gateway_obs.ratelimit import (
     GatewayLimiter,
@@ -297,3 +297,48 @@ def test_limits_added_after_requests_apply_at_once(make_app) -> None:
 
     assert statuses(client, "/items/1", 4, headers={"X-Internal": "1"}) == [200] * 4
     assert statuses(client, "/items/1", 4) == [200, 200, 200, 429]
+
+
+def test_a_first_limit_added_later_runs_where_init_app_would_have_put_it(make_app) -> None:
+    """A blueprint limit added after requests applies after hooks from before init_app only."""
+    order: list[str] = []
+    app = make_app(init=False)
+
+    @app.before_request
+    def early() -> None:
+        g.user = request.headers.get("X-User", "anonymous")
+        order.append("early")
+
+    obs = GatewayObs(app, ratelimit_key_func=lambda: g.user)
+
+    @app.before_request
+    def late() -> None:
+        order.append("late")
+
+    bp = Blueprint("api", __name__)
+    bp.add_url_rule("/r", "r", lambda: "r")
+    app.register_blueprint(bp)
+    client = app.test_client()
+    assert statuses(client, "/r", 2) == [200, 200]  # no limit yet
+    obs.limiter.limit("1/minute")(bp)  # registered and served already
+    order.clear()
+    users = ("u1", "u1", "u2")
+    assert [client.get("/r", headers={"X-User": u}).status_code for u in users] == [200, 429, 200]
+    assert order == ["early", "late", "early", "early", "late"]  # the 429 stopped before late
+
+
+def test_a_decorated_view_of_an_app_without_other_limits_gets_its_headers(make_app) -> None:
+    """The first call of the only limited view already carries the X-RateLimit headers."""
+    app = make_app()
+
+    @app.get("/limited")
+    @limiter_of(app).limit("2/minute")
+    def limited() -> str:
+        return "limited"
+
+    app.add_url_rule("/free", "free", lambda: "free")
+    client = app.test_client()
+    assert "X-RateLimit-Limit" not in client.get("/free", environ_base=CLIENT).headers
+    responses = [client.get("/limited", environ_base=CLIENT) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert [r.headers.get("X-RateLimit-Remaining") for r in responses] == ["1", "0", "0"]
