@@ -1,12 +1,13 @@
 """Flask-Limiter internals read by the rate limiter's fast path; nowhere else.
 
-Verified with Flask-Limiter 4.1.0 and 4.1.1. The fast path resolves the limits of an
-endpoint once, from the limit manager's groups, and counts them straight on the storage
-with Flask-Limiter's own keys; to do so it reads the limiter's settings, intercepts its
-check (``_check_request_limit``, which the decorated views call), fills its per-request
-state when a view asks for ``current_limit`` and hears of every change of the limits.
-Outside the verified series :data:`VERIFIED` is false and the rate-limit concern runs
-Flask-Limiter's own evaluation (its public path), saying so once.
+Verified with Flask-Limiter 4.1.1 (the 4.1 series is let through). The fast path
+resolves the limits of an endpoint once, from the limit manager's groups, and counts
+them straight on the storage with Flask-Limiter's own keys; to do so it reads the
+limiter's settings, intercepts its check (``_check_request_limit``, which the decorated
+views call), fills its per-request state when a view asks for ``current_limit`` and
+hears of every change of the limits. Outside the verified series :data:`VERIFIED` is
+false and the rate-limit concern runs Flask-Limiter's own evaluation (its public path),
+saying so once.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ __all__ = [
     "with_window",
 ]
 
-#: Flask-Limiter series (major, minor) this module was checked against: 4.1.0, 4.1.1.
+#: Flask-Limiter series (major, minor) this module was checked against (4.1.1).
 VERIFIED_SERIES = ((4, 1),)
 
 

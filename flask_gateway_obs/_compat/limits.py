@@ -1,9 +1,10 @@
 """limits internals the rate limiter's fast path reads: the memory storage's sweeper, and
 the fixed window's Redis script.
 
-Verified with limits 5.x (5.8.0). Outside it, :data:`VERIFIED` is false and the concern
-keeps limits' own behaviour: a sweeper thread started as limits starts it, and fixed
-windows on Redis counted through the strategy (a round trip more per limit).
+Verified with limits 4.1 and 5.8 (the same sweeper and the same script in both). Outside
+the 4 and 5 series :data:`VERIFIED` is false and the concern keeps limits' own behaviour:
+a sweeper thread started as limits starts it, and fixed windows on Redis counted through
+the strategy (a round trip more per limit).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from limits.storage import MemoryStorage, RedisStorage
 
 __all__ = ["SWEEP_INTERVAL", "VERIFIED", "incr_with_ttl", "throttle_sweeps"]
 
-#: limits' major versions this module was checked against.
-VERIFIED_MAJORS = (5,)
+#: limits' major versions this module was checked against (4.1 and 5.8).
+VERIFIED_MAJORS = (4, 5)
 
 
 def major(text: str) -> int:
@@ -35,7 +36,7 @@ VERIFIED = major(version("limits")) in VERIFIED_MAJORS
 SWEEP_INTERVAL = 1.0
 _SCHEDULE_SWEEP = "_MemoryStorage__schedule_expiry"  # limits' MemoryStorage, name-mangled
 
-#: limits' ``incr_expire.lua``, the fixed window's hit on Redis, as limits 5.8 ships it.
+#: limits' ``incr_expire.lua``, the fixed window's hit on Redis, as limits 4.1 to 5.8 ship it.
 INCR_EXPIRE = b"""
 local current
 local amount = tonumber(ARGV[2])

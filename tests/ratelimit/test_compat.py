@@ -22,6 +22,7 @@ def test_the_installed_versions_are_the_verified_ones() -> None:
     assert compat_flask_limiter.series("4.1.7") in compat_flask_limiter.VERIFIED_SERIES
     assert compat_flask.series("3.2.0") not in compat_flask.VERIFIED_SERIES
     assert compat_limits.major("6.0.0") not in compat_limits.VERIFIED_MAJORS
+    assert compat_limits.major("4.1") in compat_limits.VERIFIED_MAJORS
 
 
 def test_a_verified_flask_limiter_gets_the_fast_path(make_app) -> None:
