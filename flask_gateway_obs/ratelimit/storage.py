@@ -11,7 +11,6 @@ window read goes through it, on limits' public strategy API.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import threading
@@ -26,6 +25,7 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import FixedWindowRateLimiter, RateLimiter
 
 from .._compat import limits as compat_limits
+from ..core import process
 from ..core.contracts import Recorder
 from ..errors import ServiceUnavailableError
 from ..logs import LOGGER_NAME, mask_url_credentials
@@ -344,10 +344,18 @@ def resilient(
     return _resilient_class(type(primary))(primary, recorder, **options)
 
 
-@functools.cache
 def _resilient_class(strategy: type[RateLimiter]) -> type[ResilientStrategy]:
-    name = f"Resilient{strategy.__name__}"
-    return type(name, (ResilientStrategy, strategy), {"__module__": __name__})
+    # One class per strategy class, kept with the process's other registries.
+    classes: dict[type[RateLimiter], type[ResilientStrategy]] = process.registry(
+        "ratelimit.strategy_classes", dict
+    )
+    found = classes.get(strategy)
+    if found is None:
+        name = f"Resilient{strategy.__name__}"
+        found = classes.setdefault(
+            strategy, type(name, (ResilientStrategy, strategy), {"__module__": __name__})
+        )
+    return found
 
 
 def primary_strategy(strategy: RateLimiter) -> RateLimiter:
