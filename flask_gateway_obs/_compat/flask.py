@@ -9,6 +9,7 @@ the path at run time (tests run both).
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +19,12 @@ from flask import has_app_context, has_request_context
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flask.ctx import RequestContext
+    from flask.ctx import AppContext, RequestContext
 
 __all__ = [
     "VERIFIED",
     "VERIFIED_SERIES",
+    "app_ctx",
     "current_app_or_none",
     "request_ctx",
     "request_environ",
@@ -56,6 +58,13 @@ def _public_request_ctx() -> RequestContext | None:
     return ctx
 
 
+def _public_app_ctx() -> AppContext | None:
+    if not has_app_context():
+        return None
+    ctx: AppContext = flask.globals.app_ctx._get_current_object()  # type: ignore[attr-defined]
+    return ctx
+
+
 def _public_app() -> flask.Flask | None:
     if not has_app_context():
         return None
@@ -76,8 +85,9 @@ _fast: tuple[Callable[[], Any], ...] | None = None
 if VERIFIED:
     from flask.globals import _cv_app, _cv_request
 
-    def _fast_request_ctx() -> RequestContext | None:
-        return _cv_request.get(None)
+    # The context variables' own ``get``, bound: no Python frame per call.
+    _fast_request_ctx = functools.partial(_cv_request.get, None)
+    _fast_app_ctx = functools.partial(_cv_app.get, None)
 
     def _fast_app() -> flask.Flask | None:
         ctx = _cv_app.get(None)
@@ -88,10 +98,12 @@ if VERIFIED:
         environ: dict[str, Any] = ctx.request.environ if ctx is not None else {}
         return environ
 
-    _fast = (_fast_request_ctx, _fast_app, _fast_environ)
+    _fast = (_fast_request_ctx, _fast_app_ctx, _fast_app, _fast_environ)
 
 #: The current request context, or None outside a request.
 request_ctx: Callable[[], RequestContext | None] = _public_request_ctx
+#: The current app context, or None outside one.
+app_ctx: Callable[[], AppContext | None] = _public_app_ctx
 #: The app of the current app context, or None outside one.
 current_app_or_none: Callable[[], flask.Flask | None] = _public_app
 #: The WSGI environ of the current request (empty outside one).
@@ -101,12 +113,13 @@ request_environ: Callable[[], dict[str, Any]] = _public_environ
 def select(fast: bool) -> bool:
     """Use the context variables (``fast``, when verified) or the public proxies; returns
     whether the fast path is now in use."""
-    global request_ctx, current_app_or_none, request_environ
+    global request_ctx, app_ctx, current_app_or_none, request_environ
     if fast and _fast is not None:
-        request_ctx, current_app_or_none, request_environ = _fast
+        request_ctx, app_ctx, current_app_or_none, request_environ = _fast
         return True
-    request_ctx, current_app_or_none, request_environ = (
+    request_ctx, app_ctx, current_app_or_none, request_environ = (
         _public_request_ctx,
+        _public_app_ctx,
         _public_app,
         _public_environ,
     )

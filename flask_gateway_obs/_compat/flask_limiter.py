@@ -24,6 +24,7 @@ from flask_limiter._manager import LimitManager
 from limits import WindowStats
 
 __all__ = [
+    "OWN_STATE_ATTR",
     "VERIFIED",
     "CheckInterceptor",
     "RequestLimit",
@@ -56,7 +57,9 @@ def series(text: str) -> tuple[int, int]:
 #: Whether the installed Flask-Limiter is verified (tests may switch it off).
 VERIFIED = series(version("flask-limiter")) in VERIFIED_SERIES
 
-_CONTEXT_ATTR = "_limiter_request_context"  # where Flask-Limiter keeps its per-request state
+#: Where Flask-Limiter keeps its per-request state, on the request context (read inline by
+#: the fast path: ``request_state.get(OWN_STATE_ATTR)``; see :func:`uses_own_state`).
+OWN_STATE_ATTR = "_limiter_request_context"
 
 
 class CheckInterceptor(Limiter):
@@ -154,7 +157,7 @@ def limit_groups(limiter: Limiter, callable_name: str) -> list[Limit]:
 
 def uses_own_state(limiter: Limiter, request_state: dict[str, Any]) -> bool:
     """Whether Flask-Limiter's own per-request state holds ``limiter`` in this request."""
-    contexts = request_state.get(_CONTEXT_ATTR)
+    contexts = request_state.get(OWN_STATE_ATTR)
     return contexts is not None and limiter in contexts
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from limits.storage import MemoryStorage, RedisStorage
 
-__all__ = ["SWEEP_INTERVAL", "VERIFIED", "incr_with_ttl", "throttle_sweeps"]
+__all__ = ["SWEEP_INTERVAL", "VERIFIED", "expirations", "incr_with_ttl", "throttle_sweeps"]
 
 #: limits' major versions this module was checked against (4.1 and 5.8).
 VERIFIED_MAJORS = (4, 5)
@@ -85,6 +85,13 @@ def throttle_sweeps(storage: MemoryStorage) -> MemoryStorage:
     # On this instance only (the app's own storage): the class is left alone.
     setattr(storage, _SCHEDULE_SWEEP, throttled)
     return storage
+
+
+def expirations(storage: MemoryStorage) -> dict[str, float] | None:
+    """The memory storage's expiry time of each key (read per hit for the headers), or None
+    outside the verified versions (then the strategy counts)."""
+    found = getattr(storage, "expirations", None) if VERIFIED else None
+    return found if isinstance(found, dict) else None
 
 
 def incr_with_ttl(storage: RedisStorage) -> Any:

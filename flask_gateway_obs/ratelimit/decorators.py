@@ -129,9 +129,9 @@ class _Decoration:
 
         @functools.wraps(obj)
         def view(*args: Any, **kwargs: Any) -> Any:
-            app = compat_flask.current_app_or_none()
-            if app is not None:  # the common case first: bound to this app's limiter already
-                limiter = getattr(app.extensions.get(EXTENSION_KEY), "limiter", None)
+            ctx = compat_flask.app_ctx()
+            if ctx is not None:  # the common case first: bound to this app's limiter already
+                limiter = getattr(ctx.app.extensions.get(EXTENSION_KEY), "limiter", None)
                 bound = getattr(limiter, "_views", _NO_VIEWS).get(deferred)
                 if bound is not None:
                     return bound(*args, **kwargs)

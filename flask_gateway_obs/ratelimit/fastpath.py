@@ -64,6 +64,8 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
         self._view_plans: dict[str, dict[str, Plan]] = {}
         self._fast_mode: str | None = None  # None until set up: Flask-Limiter's path only
         self._incr_expire_ttl: Any = None
+        self._expirations: dict[str, float] | None = None
+        self._fast_storage: Any = None
         self._own_identity = True
         self._settings: compat.Settings | None = None
         self._middleware_limits = True
@@ -78,10 +80,13 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
             return
         self._settings = compat.settings_of(self)
         storage, mode = self.storage, STRATEGY
+        self._fast_storage = storage
         primary = self.resilient.primary if self.resilient is not None else None
         if type(primary) in (FixedWindowRateLimiter, PipelinedFixedWindow):
             if type(storage) is MemoryStorage:
-                mode = MEMORY
+                self._expirations = compat_limits.expirations(storage)
+                if self._expirations is not None:
+                    mode = MEMORY
             elif type(storage) is RedisStorage:
                 self._incr_expire_ttl = compat_limits.incr_with_ttl(storage)
                 if self._incr_expire_ttl is not None:
@@ -98,15 +103,33 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
 
     # --- the check -------------------------------------------------------------------
 
-    def fast_step(self, callable_name: str | None, in_middleware: bool) -> None:
+    def gate(self) -> None:
+        """Before-request step (see :meth:`GatewayLimiter.gate`), straight to the fast check."""
         if not self.enabled:
             return
         ctx = compat_flask.request_ctx()
-        resilient = self.resilient
-        if ctx is None or resilient is None or resilient.down:
-            self.own_step(callable_name, in_middleware)
+        if ctx is None or ctx.request.path in self._internal_paths:
             return
-        if in_middleware and not self._middleware_limits:
+        app = ctx.app
+        if len(app.view_functions) != self._view_count:
+            self.bind_views(app)
+        if self._middleware_limits:
+            self._step(ctx, None, True)
+
+    def fast_step(self, callable_name: str | None, in_middleware: bool) -> None:
+        """A decorated view's check (or Flask-Limiter's own, outside a request)."""
+        if not self.enabled:
+            return
+        ctx = compat_flask.request_ctx()
+        if ctx is None:
+            self.own_step(callable_name, in_middleware)
+        elif not in_middleware or self._middleware_limits:
+            self._step(ctx, callable_name, in_middleware)
+
+    def _step(self, ctx: Any, callable_name: str | None, in_middleware: bool) -> None:
+        resilient = self.resilient
+        if resilient is None or resilient.down:
+            self.own_step(callable_name, in_middleware)
             return
         try:
             if not self._fast_check(ctx, ctx.request, callable_name, in_middleware):
@@ -136,8 +159,10 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
                     self._add_headers(response, record)
                 return response
             self._own_context()  # a breach takes Flask-Limiter's header step, same counts
-        elif not compat.uses_own_state(self, state):
-            return response  # the limiter did nothing for this request
+        else:
+            contexts = state.get(compat.OWN_STATE_ATTR)
+            if contexts is None or self not in contexts:
+                return response  # the limiter did nothing for this request
         return self.finish(response, self.current_limit)
 
     def needs_steps(self) -> bool:
@@ -165,7 +190,8 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
         nothing, when this step needs Flask-Limiter's own evaluation.
         """
         state = ctx.__dict__
-        if compat.uses_own_state(self, state):
+        contexts = state.get(compat.OWN_STATE_ATTR)
+        if contexts is not None and self in contexts:
             return False  # Flask-Limiter's own state is in use for this request: stay on it
         settings = self._settings
         if settings is None:
@@ -209,8 +235,9 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
         """Count the request in each limit of ``variant``, as Flask-Limiter's evaluation does."""
         rules = variant.rules
         mode = self._fast_mode
-        storage = self.storage
+        storage = self._fast_storage
         strategy = self.limiter if mode is STRATEGY else None
+        expirations: Any = self._expirations
         hits: list[Hit | None] = []
         failed: list[int] = []
         skipped = False
@@ -226,7 +253,7 @@ class FastLimiter(compat.CheckInterceptor, GatewayLimiter):  # type: ignore[misc
             if mode is MEMORY:
                 key = f"{rule.head}{client}{rule.tail}"
                 count = storage.incr(key, rule.expiry, amount=rule.cost)
-                reset = storage.get_expiry(key)
+                reset = expirations.get(key) or time.time()
                 allowed = count <= rule.amount
             elif mode is REDIS:
                 reply = self._incr_expire_ttl(
