@@ -65,7 +65,6 @@ def test_a_huge_number_inside_breakers_json_is_a_config_error() -> None:
     [
         Keys.HEALTH_TIMEOUT,
         Keys.BREAKER_TIMEOUT,
-        Keys.RATELIMIT_STORAGE_TIMEOUT,
         Keys.RETRY_DEADLINE,
     ],
 )
