@@ -105,7 +105,8 @@ class RulesOptions:
 
 
 def rule_groups(options: RulesOptions | None = None) -> dict[str, Any]:
-    """The rule file's content: ``{"groups": [recording group, alerting group]}``."""
+    """The rule file's content: ``{"groups": [{"name": ..., "rules": [...]}]}``, the
+    recording rules first, then the alerts that read them."""
     return _Builder(options or RulesOptions()).groups()
 
 
@@ -125,7 +126,7 @@ class _Builder:
         self.o = options
         self.ns = options.namespace
         suffix = f"_{options.namespace}" if options.namespace else ""
-        self.group_prefix = f"gateway_obs{suffix}"
+        self.group_name = f"gateway_obs{suffix}"
 
     # -- names and selectors ---------------------------------------------------------
 
@@ -151,12 +152,11 @@ class _Builder:
     # -- the groups ------------------------------------------------------------------
 
     def groups(self) -> dict[str, Any]:
-        return {
-            "groups": [
-                {"name": f"{self.group_prefix}_recording", "rules": list(self.recording())},
-                {"name": f"{self.group_prefix}_alerts", "rules": list(self.alerts())},
-            ]
-        }
+        # One group: its rules run in order at one evaluation time, so every alert reads
+        # the recording rules of that same evaluation (groups run concurrently, which
+        # would make an alert start one evaluation early or late at random).
+        rules = [*self.recording(), *self.alerts()]
+        return {"groups": [{"name": self.group_name, "rules": rules}]}
 
     def recording(self) -> Iterable[dict[str, Any]]:
         requests = self.sel("http_requests_total")
