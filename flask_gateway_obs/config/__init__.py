@@ -30,6 +30,8 @@ from .ratelimit import cross_checks as ratelimit_cross_checks
 from .resilience import BREAKER_OPTIONS, RETRY_OPTIONS, ResilienceKeys, ResilienceSettings
 from .sentry import SENTRY_OFF, SentryKeys, SentrySettings
 from .sentry import cross_checks as sentry_cross_checks
+from .slo import SloKeys, SloSettings
+from .slo import cross_checks as slo_cross_checks
 
 __all__ = [
     "BREAKER_OPTIONS",
@@ -50,6 +52,7 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Settings(
+    SloSettings,
     RatelimitSettings,
     ResilienceSettings,
     SentrySettings,
@@ -60,7 +63,7 @@ class Settings(
     """The validated configuration of one app; read once at ``init_app``."""
 
 
-class Keys(BaseKeys, HealthKeys, MetricsKeys, SentryKeys, ResilienceKeys, RatelimitKeys):
+class Keys(BaseKeys, HealthKeys, MetricsKeys, SentryKeys, ResilienceKeys, RatelimitKeys, SloKeys):
     """The ``app.config`` key of every setting, as constants for code and tests."""
 
 
@@ -74,6 +77,7 @@ _CROSS_CHECKS: tuple[Callable[[Settings], list[tuple[str, Any, str]]], ...] = (
     health_cross_checks,
     sentry_cross_checks,
     ratelimit_cross_checks,
+    slo_cross_checks,
 )
 
 

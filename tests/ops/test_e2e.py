@@ -23,8 +23,8 @@ import pytest
 from flask_gateway_obs.ops.dashboard import panel_queries, render_dashboard
 from flask_gateway_obs.ops.rules import RulesOptions, render_rules
 
-from .conftest import RedisServer, free_port, unavailable
-from .test_gunicorn import PACKAGE_ROOT
+from ..conftest import RedisServer, free_port, unavailable
+from ..test_gunicorn import PACKAGE_ROOT
 
 pytestmark = pytest.mark.slow
 
