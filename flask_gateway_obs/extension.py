@@ -89,6 +89,7 @@ class GatewayObs:
                 level=settings.log_level,
                 console=console,
                 redact_keys=settings.log_redact_keys,
+                schema=settings.log_schema,
                 log_file=settings.log_file,
                 max_bytes=settings.log_file_max_bytes,
                 backup_count=settings.log_file_backup_count,

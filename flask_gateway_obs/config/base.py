@@ -76,6 +76,14 @@ class BaseSettings:
         "one of json, console, auto",
         "``auto`` is ``console`` when ``app.debug`` and ``json`` otherwise",
     )
+    log_schema: str = _setting(
+        "LOG_SCHEMA",
+        "default",
+        _choice("default", "ecs", "otel"),
+        "one of default, ecs, otel",
+        "field layout of JSON lines: ours, Elastic Common Schema (``ecs-logging``'s), or the "
+        "OpenTelemetry log data model",
+    )
     log_configure: bool = _setting(
         "LOG_CONFIGURE",
         True,
@@ -159,6 +167,7 @@ class BaseKeys:
     REQUEST_ID_HEADER = PREFIX + "REQUEST_ID_HEADER"
     LOG_LEVEL = PREFIX + "LOG_LEVEL"
     LOG_FORMAT = PREFIX + "LOG_FORMAT"
+    LOG_SCHEMA = PREFIX + "LOG_SCHEMA"
     LOG_CONFIGURE = PREFIX + "LOG_CONFIGURE"
     LOG_ACCESS = PREFIX + "LOG_ACCESS"
     LOG_ACCESS_INTERNAL = PREFIX + "LOG_ACCESS_INTERNAL"

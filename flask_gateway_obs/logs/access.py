@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 import logging.handlers
 
-from .formatters import AccessEntry, JsonFormatter
+from .formatters import AccessEntry
 from .handlers import _StdoutHandler
 from .loggers import ACCESS_LOGGER_NAME, LOGGER_NAME, emit
+from .schemas import SCHEMAS
+
+#: Formatters whose ``access_line`` writes what their ``format`` would (exact types:
+#: a subclass may change ``format``, so it takes the ordinary path).
+FAST_FORMATTERS = frozenset(SCHEMAS.values())
 
 
 class AccessLog:
@@ -41,7 +46,7 @@ class AccessLog:
             and not parent.filters
             and not fast.filters
             and fast.level <= logging.INFO
-            and type(fast.formatter) is JsonFormatter
+            and type(fast.formatter) in FAST_FORMATTERS
         ):
             return fast
         return None

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from typing import IO
 
 from ..core.context import current_request
-from .formatters import ConsoleFormatter, JsonFormatter
+from .formatters import ConsoleFormatter
+from .schemas import formatter_class
 
 
 class RequestContextFilter(logging.Filter):
@@ -103,18 +104,24 @@ def configure_logging(
     level: int,
     console: bool,
     redact_keys: Iterable[str] = (),
+    schema: str = "default",
     log_file: str | None = None,
     max_bytes: int = 10 * 1024 * 1024,
     backup_count: int = 5,
 ) -> list[logging.Handler]:
-    """Install our handler(s) on the root logger, replacing any we installed before."""
+    """Install our handler(s) on the root logger, replacing any we installed before.
+
+    :param schema: the JSON layout (``default``, ``ecs`` or ``otel``) of stdout, unless
+        ``console``, and of the log file.
+    """
+    json_formatter = formatter_class(schema)
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _OWNED, False):
             root.removeHandler(handler)
             handler.close()
     formatter: logging.Formatter = (
-        ConsoleFormatter(service, redact_keys) if console else JsonFormatter(service, redact_keys)
+        ConsoleFormatter(service, redact_keys) if console else json_formatter(service, redact_keys)
     )
     handlers: list[logging.Handler] = [_StdoutHandler()]
     handlers[0].setFormatter(formatter)
@@ -122,7 +129,7 @@ def configure_logging(
         file_handler = _RotatingFileHandler(
             log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True
         )
-        file_handler.setFormatter(JsonFormatter(service, redact_keys))
+        file_handler.setFormatter(json_formatter(service, redact_keys))
         handlers.append(file_handler)
     for handler in handlers:
         setattr(handler, _OWNED, True)
