@@ -337,6 +337,18 @@ VARIANTS: tuple[Variant, ...] = (
         config_if_known=_OFF,
         description="metrics, rate limit and Sentry off",
     ),
+    *(
+        Variant(
+            f"ours-log-{schema}",
+            f"ours: request ID + access log ({label}) + errors",
+            "ours",
+            _ours,
+            config=(*_COMMON, (_K + "LOG_SCHEMA", schema)),
+            config_if_known=_OFF,
+            description=f"as the access-log variant, lines in the {label} schema",
+        )
+        for schema, label in (("ecs", "ECS"), ("otel", "OpenTelemetry"))
+    ),
     Variant(
         "ours-metrics",
         "ours: metrics only",

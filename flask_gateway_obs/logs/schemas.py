@@ -69,6 +69,52 @@ def _process_name() -> str:
     return "MainProcess"
 
 
+#: JSON of this process and thread, by thread: built once per thread, not per line.
+#: Emptied in a forked child, whose pid differs.
+_ECS_PROCESS: dict[tuple[int | None, str], str] = {}
+_OTEL_THREAD: dict[tuple[int | None, str], str] = {}
+_OTEL_PID: list[int] = []
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        after_in_child=lambda: (_ECS_PROCESS.clear(), _OTEL_THREAD.clear(), _OTEL_PID.clear())
+    )
+
+
+def _ecs_process() -> str:
+    """``"process": {...}`` of the ECS line, as ``LogRecord`` attributes would give it."""
+    thread = threading.current_thread()
+    key = (thread.ident, thread.name)
+    text = _ECS_PROCESS.get(key)
+    if text is None:
+        if len(_ECS_PROCESS) >= 1024:
+            _ECS_PROCESS.clear()
+        text = (
+            f'"process":{{"name":{_esc(_process_name())},"pid":{os.getpid():d},'
+            f'"thread":{{"id":{thread.ident or 0:d},"name":{_esc(thread.name)}}}}}'
+        )
+        _ECS_PROCESS[key] = text
+    return text
+
+
+def _otel_thread() -> str:
+    """``"thread.id": ..., "thread.name": ...`` of the OpenTelemetry line."""
+    thread = threading.current_thread()
+    key = (thread.ident, thread.name)
+    text = _OTEL_THREAD.get(key)
+    if text is None:
+        if len(_OTEL_THREAD) >= 1024:
+            _OTEL_THREAD.clear()
+        text = f'"thread.id": {thread.ident or 0:d}, "thread.name": {_esc(thread.name)}'
+        _OTEL_THREAD[key] = text
+    return text
+
+
+def _pid() -> int:
+    if not _OTEL_PID:
+        _OTEL_PID.append(os.getpid())
+    return _OTEL_PID[0]
+
+
 def _duration_ns(duration_ms: Any) -> int | None:
     return None if duration_ms is None else round(float(duration_ms) * 1_000_000)
 
@@ -202,18 +248,15 @@ class EcsFormatter(JsonFormatter):
         route = "" if e.route is None else f',"gateway":{{"route":{_esc(e.route)}}}'
         client = "" if e.remote_addr is None else f',"client":{{"address":{_esc(e.remote_addr)}}}'
         agent = "" if e.user_agent is None else f',"user_agent":{{"original":{_esc(e.user_agent)}}}'
-        thread = threading.current_thread()
         return (
             f'{{"@timestamp":"{self._timestamps.format(time.time())}","log.level":"info",'
             f'"message":{message},"ecs.version":"{ECS_VERSION}",'
             f'"log":{{"logger":"{ACCESS_LOGGER_NAME}","original":{message}}},'
-            f'"process":{{"name":{_esc(_process_name())},"pid":{os.getpid():d},'
-            f'"thread":{{"id":{thread.ident:d},"name":{_esc(thread.name)}}}}},'
-            f'"service":{{"name":{_esc(service)}}},'
+            f'{_ecs_process()},"service":{{"name":{_esc(service)}}},'
             f'"http":{{"request":{{{request}}},"response":{{{body}"status_code":{e.status:d}}}}}'
             f"{trace}{span}"
             f',"url":{{"path":{_esc(e.path)}}}{route}{client}{agent}'
-            f',"event":{{"duration":{_duration_ns(e.duration_ms):d}}}'
+            f',"event":{{"duration":{round(e.duration_ms * 1_000_000):d}}}'
             f"{self._bound_ecs(bound) if bound else ''}}}"
         )
 
@@ -342,7 +385,6 @@ class OtelFormatter(JsonFormatter):
         route = "" if e.route is None else f', "http.route": {_esc(e.route)}'
         client = "" if e.remote_addr is None else f', "client.address": {_esc(e.remote_addr)}'
         agent = "" if e.user_agent is None else f', "user_agent.original": {_esc(e.user_agent)}'
-        thread = threading.current_thread()
         return (
             f'{{"timestamp": {time.time_ns():d}, "severity_text": "INFO", '
             f'"severity_number": 9, "body": {_esc(mask_url_credentials(e.message))}, '
@@ -350,9 +392,9 @@ class OtelFormatter(JsonFormatter):
             f'"url.path": {_esc(e.path)}{route}, "http.response.status_code": {e.status:d}'
             f"{client}{agent}{size}, "
             f'"http.server.request.duration": {float(e.duration_ms) / 1000.0!r}, '
-            f'"thread.id": {thread.ident:d}, "thread.name": {_esc(thread.name)}'
+            f"{_otel_thread()}"
             f"{self._bound_otel(bound) if bound else ''}}}{trace}, "
-            f'"resource": {{"service.name": {_opt(service)}, "process.pid": {os.getpid():d}}}, '
+            f'"resource": {{"service.name": {_opt(service)}, "process.pid": {_pid():d}}}, '
             f'"instrumentation_scope": {{"name": "{ACCESS_LOGGER_NAME}"}}}}'
         )
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import flask_gateway_obs.logs.access as access_module
 from flask_gateway_obs import bind_context, get_logger
 from flask_gateway_obs.config import ConfigError, Keys
 from flask_gateway_obs.core.context import current_request
+from flask_gateway_obs.logs.formatters import AccessEntry
 from flask_gateway_obs.logs.schemas import ECS_VERSION, EcsFormatter, OtelFormatter, severity_number
 
 from ..conftest import MakeApp, unavailable
@@ -328,3 +331,26 @@ def test_unknown_schema_is_a_config_error(make_app: MakeApp) -> None:
     """A schema that does not exist fails at init_app, naming the three that do."""
     with pytest.raises(ConfigError, match="one of default, ecs, otel"):
         make_app({Keys.LOG_SCHEMA: "gelf"})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_worker_lines_carry_its_own_pid() -> None:
+    """After a fork (a gunicorn worker) the fast access lines name the child's pid."""
+    entry = AccessEntry("GET", "/x", "/x", 200, 1.0, "127.0.0.1", "ua", 2)
+    ecs, otel = EcsFormatter("gw"), OtelFormatter("gw")
+    ecs.access_line(entry), otel.access_line(entry)  # the parent's pid is cached now
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # 3.12+: "multi-threaded, fork() may deadlock"; none here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(write, (ecs.access_line(entry) + "\n" + otel.access_line(entry)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        ecs_line, otel_line = (json.loads(line) for line in pipe.read().splitlines())
+    os.waitpid(child, 0)
+    assert ecs_line["process"]["pid"] == child != os.getpid()
+    assert otel_line["resource"]["process.pid"] == child
