@@ -74,10 +74,16 @@ def _process_name() -> str:
 _ECS_PROCESS: dict[tuple[int | None, str], str] = {}
 _OTEL_THREAD: dict[tuple[int | None, str], str] = {}
 _OTEL_PID: list[int] = []
+
+
+def _forget_process() -> None:
+    _ECS_PROCESS.clear()
+    _OTEL_THREAD.clear()
+    _OTEL_PID.clear()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        after_in_child=lambda: (_ECS_PROCESS.clear(), _OTEL_THREAD.clear(), _OTEL_PID.clear())
-    )
+    os.register_at_fork(after_in_child=_forget_process)
 
 
 def _ecs_process() -> str:
