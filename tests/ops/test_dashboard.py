@@ -129,3 +129,18 @@ def test_bad_dashboard_options_are_refused(options: dict[str, Any]) -> None:
 def test_dashboard_json_is_deterministic() -> None:
     """The same options print the same JSON."""
     assert ops_dashboard.dashboard_json(job="x") == ops_dashboard.dashboard_json(job="x")
+
+
+def test_readme_describes_every_panel() -> None:
+    """Each row and panel title of the dashboard is described in the README."""
+    readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text()
+    section = readme.split("The dashboard\n-------------", 1)[1].split("The rules\n---------")[0]
+    text = " ".join(section.split())
+    board = ops_dashboard.shipped_dashboard()
+    for panel in board["panels"]:
+        title = panel["title"]
+        if panel["type"] == "row":
+            assert f"**{title}.**" in text, title
+        else:
+            latency = title.startswith("Latency p")
+            assert ("Latency p50 / p95 / p99 by route" if latency else title) in text, title

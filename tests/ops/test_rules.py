@@ -187,3 +187,19 @@ def test_latency_bound_matches_every_spelling_of_le() -> None:
     ]
     assert 'le=~"1|1\\\\.0"' in slow
     assert 'le="0.5"' in render_rules()
+
+
+def test_every_runbook_url_names_a_readme_section() -> None:
+    """Each alert's runbook_url anchor is a section of the README that says what to do."""
+    import docutils.core
+
+    readme = Path(__file__).resolve().parents[2] / "README.rst"
+    tree = docutils.core.publish_doctree(readme.read_text(), settings_overrides={"report_level": 5})
+    sections = {
+        section["ids"][0]: section.astext()
+        for section in tree.findall(lambda n: n.tagname == "section")
+    }
+    for alert in _alerts(RulesOptions(job="x")):
+        anchor = alert["annotations"]["runbook_url"].rsplit("#", 1)[1]
+        assert anchor in sections, alert["alert"]
+        assert len(sections[anchor]) > 200, f"{alert['alert']}: the runbook says too little"
