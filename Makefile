@@ -21,7 +21,7 @@ else
 $(error RESOLUTION is highest (the default) or lowest, not '$(RESOLUTION)')
 endif
 
-.PHONY: demo test lint typecheck pytest bench bench-quick clean
+.PHONY: demo test lint typecheck pytest dashboard bench bench-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ typecheck: $(STAMP)
 
 pytest: $(TEST_STAMP)
 	$(TEST_BIN)/pytest
+
+# The Grafana dashboard shipped as package data, rebuilt with grafana-foundation-sdk.
+dashboard: $(STAMP)
+	$(BIN)/python -m flask_gateway_obs.ops.build_dashboard
 
 # Benchmarks: the peers they compare against go into .venv only (never install_requires);
 # wrk from Debian's packages when we may install it, else the harness's Python load client.
