@@ -201,11 +201,11 @@ class EcsFormatter(JsonFormatter):
             },
             "service": {"name": payload.pop("service")},
         }
-        if not access:
-            doc["log"]["origin"] = {
-                "file": {"line": record.lineno, "name": record.filename},
-                "function": record.funcName,
-            }
+        if not access:  # like ecs-logging, each part that is known
+            origin: dict[str, Any] = {"file": {"line": record.lineno, "name": record.filename}}
+            if record.funcName is not None:
+                origin["function"] = record.funcName
+            doc["log"]["origin"] = origin
         request_id = payload.pop("request_id", None)
         if request_id is not None:
             _put(doc, ("http", "request", "id"), request_id)
@@ -338,7 +338,7 @@ class OtelFormatter(JsonFormatter):
             duration = payload.pop("duration_ms", None)
             if duration is not None:
                 attributes["http.server.request.duration"] = float(duration) / 1000.0
-        else:
+        elif record.funcName is not None:  # emit() of a hot path has none
             attributes["code.file.path"] = record.pathname
             attributes["code.function.name"] = record.funcName
             attributes["code.line.number"] = record.lineno

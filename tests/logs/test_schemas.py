@@ -354,3 +354,12 @@ def test_forked_worker_lines_carry_its_own_pid() -> None:
     os.waitpid(child, 0)
     assert ecs_line["process"]["pid"] == child != os.getpid()
     assert otel_line["resource"]["process.pid"] == child
+
+
+def test_records_without_a_caller_have_no_empty_origin() -> None:
+    """A record made without a caller lookup (the hot paths' emit) carries no null field."""
+    record = logging.getLogger("a").makeRecord("a", logging.INFO, "(gateway)", 0, "m", (), None)
+    ecs = json.loads(EcsFormatter("gw").format(record))
+    assert "function" not in ecs["log"]["origin"] and None not in flat(ecs).values()
+    otel = json.loads(OtelFormatter("gw").format(record))
+    assert not any(key.startswith("code.") for key in otel["attributes"])
