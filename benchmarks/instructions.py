@@ -37,6 +37,8 @@ DEFAULT_VARIANTS = (
     "ours-all",
     "ours-min",
     "ours-log",
+    "ours-log-ecs",
+    "ours-log-otel",
     "ours-metrics",
     "ours-ratelimit",
     "ours-sentry",
