@@ -20,15 +20,17 @@ from typing import Any
 
 import pytest
 
+import flask_gateway_obs
 from flask_gateway_obs.ops.dashboard import panel_queries, render_dashboard
 from flask_gateway_obs.ops.rules import RulesOptions, render_rules
 
 from ..conftest import RedisServer, free_port, unavailable
-from ..test_gunicorn import PACKAGE_ROOT
 
 pytestmark = pytest.mark.slow
 
 JOB = "gateway"
+#: The checkout under test (it holds example_app), ahead of any installed copy.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(flask_gateway_obs.__file__)))
 #: Families whose concern is not built yet: their panels may be empty only while the
 #: gateway does not expose them at all (no ``# TYPE`` line). Once one is exposed, its
 #: panel must return data like every other, so the example gateway must exercise it.
