@@ -207,7 +207,7 @@ def test_instruction_count_benchmark_runs_under_callgrind(tmp_path: Path) -> Non
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
