@@ -42,6 +42,7 @@ class RequestContext:
         "response_size",
         "route",
         "service",
+        "span",
         "span_id",
         "start",
         "status",
@@ -66,6 +67,8 @@ class RequestContext:
         self.trace_flags = trace_flags
         #: The current server span's ID (16 hex) when tracing is on.
         self.span_id: str | None = None
+        #: The request's server span (an OpenTelemetry span) when tracing is on.
+        self.span: Any = None
         #: Fields bound with :func:`bind_context`: on every log line of the request.
         self.bound: dict[str, Any] | None = None
         self.finished = False

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from .context import RequestContext
 
-__all__ = ["ErrorInfo", "ErrorListener", "Recorder", "RequestObserver", "Tracer"]
+__all__ = [
+    "ErrorInfo",
+    "ErrorListener",
+    "Recorder",
+    "RequestObserver",
+    "RequestScope",
+    "Tracer",
+]
 
 
 class Recorder:
@@ -73,6 +80,18 @@ class RequestObserver(Protocol):
     ) -> None:
         """Called once per request with the URL rule (``None`` when nothing matched), the
         final status and the duration in seconds."""
+
+
+class RequestScope(Protocol):
+    """A concern whose context must be current wherever the request's code runs: when
+    the app is called and around each chunk of a streamed body (the tracing concern
+    attaches the request's span there). ``exit`` runs in the context ``enter`` ran in."""
+
+    def enter(self, ctx: RequestContext) -> Any:
+        """Make the request's context current; returns what :meth:`exit` needs."""
+
+    def exit(self, token: Any) -> None:
+        """Undo :meth:`enter`."""
 
 
 @dataclass

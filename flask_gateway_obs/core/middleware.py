@@ -8,7 +8,9 @@ runs unless a concern needs one (the rate limiter's gate).
 
 A streamed body (no ``Content-Length``) finishes when it is exhausted or closed,
 whichever comes first, so its duration and the in-flight gauge cover the streaming
-and logs written while it streams keep the request ID.
+and logs written while it streams keep the request ID. A concern's
+:class:`~.contracts.RequestScope` (the tracing span) is entered and exited with the
+request context: around the app call, and around each chunk and the close.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ class ObsMiddleware:
         state = self.state
         ctx = begin(state, environ)
         token = current_request.set(ctx)
+        scope = state.request_scope
+        entered = scope.enter(ctx) if scope is not None else None
         try:
             try:
                 app_iter = self.wsgi_app(environ, _StartResponse(state, ctx, start_response))
@@ -157,6 +161,8 @@ class ObsMiddleware:
                 return app_iter
             return _ClosingBody(app_iter, state, ctx)
         finally:
+            if scope is not None:
+                scope.exit(entered)
             current_request.reset(token)
 
 
@@ -205,8 +211,10 @@ class _ClosingBody:
 
     def __iter__(self) -> Iterator[bytes]:
         chunks = iter(self.app_iter)
+        scope = self.state.request_scope
         while True:
             token = current_request.set(self.ctx)
+            entered = scope.enter(self.ctx) if scope is not None else None
             try:
                 chunk = next(chunks)
             except StopIteration:
@@ -218,11 +226,15 @@ class _ClosingBody:
                 errors.report_escaped(self.state, error)
                 raise
             finally:
+                if scope is not None:
+                    scope.exit(entered)
                 current_request.reset(token)
             yield chunk
 
     def close(self) -> None:
         token = current_request.set(self.ctx)
+        scope = self.state.request_scope
+        entered = scope.enter(self.ctx) if scope is not None else None
         try:
             close = getattr(self.app_iter, "close", None)
             if close is not None:
@@ -234,4 +246,6 @@ class _ClosingBody:
             try:
                 finish(self.state, ctx)
             finally:
+                if scope is not None:
+                    scope.exit(entered)
                 current_request.reset(token)

@@ -16,7 +16,7 @@ from flask import Flask, Response, current_app, has_app_context, request
 
 from ..logs import AccessLog
 from .context import RequestContext, current_request, new_request_id, valid_request_id
-from .contracts import ErrorListener, Recorder, RequestObserver, Tracer
+from .contracts import ErrorListener, Recorder, RequestObserver, RequestScope, Tracer
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -43,6 +43,8 @@ class ObsState:
         self.recorder: Recorder = Recorder()
         #: Replaced by the tracing concern's tracer when tracing is enabled.
         self.tracer: Tracer = Tracer()
+        #: Entered around the app and each chunk of a streamed body (tracing); None when off.
+        self.request_scope: RequestScope | None = None
         #: Paths of the extension's own endpoints (health, metrics).
         self.internal_paths: set[str] = set()
         #: Before-request steps that may end the request by raising (the rate limiter).
