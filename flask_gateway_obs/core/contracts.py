@@ -9,7 +9,7 @@ into the WSGI step as a :class:`RequestObserver`; concerns that care about error
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,6 +67,15 @@ class Tracer:
     def client_span(self, dependency: str, operation: str) -> AbstractContextManager[Any]:
         """A CLIENT span around one call to ``dependency`` under the current span."""
         return nullcontext()
+
+    def rejected(self, breaker: str) -> None:
+        """Mark the current span (the client span inside ``track_dependency``): the open
+        breaker ``breaker`` refused the call, nothing was sent."""
+
+    def inject(self, carrier: MutableMapping[str, str]) -> bool:
+        """Put the current span's context into ``carrier`` (outgoing headers) through the
+        configured propagators; ``False`` when tracing is off (nothing was put)."""
+        return False
 
 
 class RequestObserver(Protocol):
