@@ -32,6 +32,7 @@ from .sentry import SENTRY_OFF, SentryKeys, SentrySettings
 from .sentry import cross_checks as sentry_cross_checks
 from .slo import SloKeys, SloSettings
 from .slo import cross_checks as slo_cross_checks
+from .tracing import TracingKeys, TracingSettings
 
 __all__ = [
     "BREAKER_OPTIONS",
@@ -53,6 +54,7 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class Settings(
     SloSettings,
+    TracingSettings,
     RatelimitSettings,
     ResilienceSettings,
     SentrySettings,
@@ -63,7 +65,16 @@ class Settings(
     """The validated configuration of one app; read once at ``init_app``."""
 
 
-class Keys(BaseKeys, HealthKeys, MetricsKeys, SentryKeys, ResilienceKeys, RatelimitKeys, SloKeys):
+class Keys(
+    BaseKeys,
+    HealthKeys,
+    MetricsKeys,
+    SentryKeys,
+    ResilienceKeys,
+    RatelimitKeys,
+    SloKeys,
+    TracingKeys,
+):
     """The ``app.config`` key of every setting, as constants for code and tests."""
 
 
