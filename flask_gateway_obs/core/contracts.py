@@ -53,6 +53,10 @@ class Recorder:
     def health_check(self, check: str, status: str) -> None:
         """Set ``health_check_status{check}`` from healthy / degraded / unhealthy."""
 
+    def spans_dropped(self, count: int, reason: str) -> None:
+        """Count ``tracing_spans_dropped_total{reason}``: spans lost to a full export queue
+        (``queue_full``) or a failed export (``export_failed``)."""
+
 
 class Tracer:
     """Where concerns report to tracing; a no-op until tracing is on.
