@@ -156,6 +156,13 @@ class AppMetrics:
             "Requests refused with 429 by a rate limit, by route template.",
             ("route",),
         )
+        self.spans_dropped = build(
+            Counter,
+            "tracing_spans_dropped_total",
+            "Finished spans never exported: the export queue was full (queue_full) or the "
+            "export failed (export_failed).",
+            ("reason",),
+        )
         self.health_status = build(
             Gauge,
             "health_check_status",

@@ -101,6 +101,7 @@ class MetricsRecorder(Recorder):
         self._retries = bounded(metrics.retry_attempts)
         self._rate_limited = bounded(metrics.rate_limit_exceeded)
         self._health = bounded(metrics.health_status)
+        self._spans_dropped = bounded(metrics.spans_dropped)
 
     def error(self, error_type: str, source: str) -> None:
         """Count one error in ``errors_total{type,source}``."""
@@ -140,6 +141,13 @@ class MetricsRecorder(Recorder):
             self._retries.get(operation, outcome).inc()
         except Exception:
             _log.debug("metrics: retry_attempt() failed", exc_info=True)
+
+    def spans_dropped(self, count: int, reason: str) -> None:
+        """Count ``tracing_spans_dropped_total{reason}``."""
+        try:
+            self._spans_dropped.get(reason).inc(count)
+        except Exception:
+            _log.debug("metrics: spans_dropped() failed", exc_info=True)
 
     def rate_limit_exceeded(self, route: str) -> None:
         """Count ``rate_limit_exceeded_total{route}``."""
