@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flask import Flask
 
 from . import errors
-from .config import SENTRY_OFF, check_overrides, load_settings, unreceived_environment
+from .config import (
+    SENTRY_OFF,
+    ConfigError,
+    check_overrides,
+    load_settings,
+    unreceived_environment,
+)
 from .core import drain
 from .core.context import current_request
 from .core.middleware import ObsMiddleware
@@ -115,6 +121,11 @@ class GatewayObs:
         from . import ratelimit
 
         ratelimit.init_app(app, state, self)
+        if settings.tracing_enabled:
+            _require_otel()
+            from . import tracing
+
+            tracing.init_app(app, state)  # after metrics: drops count through state.recorder
         if _sentry_wanted(settings.sentry_dsn):
             from . import sentry
 
@@ -166,13 +177,20 @@ class GatewayObs:
     def propagation_headers(self) -> dict[str, str]:
         """Headers to send on outgoing calls so the upstream's logs join this request's.
 
-        Carries the request ID and, when a ``traceparent`` arrived, a ``traceparent``
-        with the same trace-id and a fresh parent-id. Empty outside a request.
+        Carries the request ID and the trace context. With tracing on, the current span's
+        context goes through OpenTelemetry's propagators (``traceparent``/``tracestate`` by
+        default; B3 or others when configured): call it inside ``obs.track_dependency``
+        and the upstream's span is a child of the client span. With tracing off, a
+        ``traceparent`` that arrived is passed on with the same trace-id and a fresh
+        parent-id. Empty outside a request.
         """
         ctx = current_request.get()
         if ctx is None:
             return {}
-        headers = {self.state().header_name: ctx.request_id}
+        state = self.state()
+        headers = {state.header_name: ctx.request_id}
+        if state.tracer.inject(headers):
+            return headers
         if ctx.trace_id is not None:
             headers["traceparent"] = f"00-{ctx.trace_id}-{secrets.token_hex(8)}-{ctx.trace_flags}"
         return headers
@@ -322,6 +340,27 @@ def _route_app_logger(app: Flask) -> None:
 
     app.logger.removeHandler(default_handler)
     app.logger.propagate = True
+
+
+def _require_otel() -> None:
+    import importlib.util
+
+    for module in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise ConfigError(
+                [
+                    (
+                        "GATEWAY_OBS_TRACING_ENABLED",
+                        True,
+                        "False unless OpenTelemetry is installed: pip install "
+                        "'flask-gateway-obs[otel]'",
+                    )
+                ]
+            )
 
 
 def _sentry_wanted(dsn: str | None) -> bool:

@@ -1,0 +1,203 @@
+"""Tracing with OpenTelemetry: a SERVER span per request, client spans, propagation.
+
+Imported by the extension only when ``GATEWAY_OBS_TRACING_ENABLED`` is on (it needs the
+``[otel]`` extra). :func:`init_app` wires one app:
+
+- a TracerProvider: the user's when one is set globally (the extension adds no
+  exporter to it), else one of the extension's (parent-based ratio sampler, resource
+  from the service name and ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``, a bounded
+  export queue), made the global provider when none is set, so the user's own spans
+  and OpenTelemetry's library instrumentations join the request's trace;
+- :class:`~.server.ServerTracing` as request observer, request scope and error listener;
+- :class:`~.tracer.OtelTracer` as ``state.tracer``; a drain hook and an exit flush.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from .. import _version
+from .._compat import opentelemetry_flask
+from ..core import process
+from .export import ExporterLogFilter, SpanQueue
+from .propagation import Extractor
+from .server import Correlator, ServerTracing
+from .tracer import OtelTracer
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from ..core.state import ObsState
+
+__all__ = ["DEFAULT_ENDPOINT", "EXIT_FLUSH_SECONDS", "init_app", "otlp_endpoint"]
+
+DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
+#: Seconds the exit flush of a process may take (a black-holed collector costs this).
+EXIT_FLUSH_SECONDS = 5.0
+SCOPE_NAME = "flask_gateway_obs"
+#: Loggers of the OTLP exporter whose lines on an export thread are folded (capped).
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.sdk.trace.export",
+)
+_log = logging.getLogger("flask_gateway_obs.tracing")
+
+
+class OwnTracerProvider(TracerProvider):
+    """The extension's TracerProvider (told apart from one the user set globally)."""
+
+
+def otlp_endpoint(configured: str | None) -> str:
+    """The traces URL: the key, else ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``, else the local collector."""
+    if configured:
+        return configured
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if traces:
+        return traces
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if base:
+        return base.rstrip("/") + "/v1/traces"
+    return DEFAULT_ENDPOINT
+
+
+def _resource(state: ObsState) -> Resource:
+    # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES come in through Resource.create; an
+    # explicit GATEWAY_OBS_SERVICE_NAME wins over them, the app's name comes last.
+    explicit = state.settings.service_name
+    resource = Resource.create({SERVICE_NAME: explicit} if explicit else {})
+    name = resource.attributes.get(SERVICE_NAME)
+    if not name or str(name).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: state.service}))
+    return resource
+
+
+def _exporter_factory(state: ObsState) -> Callable[[], SpanExporter] | None:
+    settings = state.settings
+    if settings.tracing_exporter == "none":
+        return None
+    if settings.tracing_exporter == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    endpoint = otlp_endpoint(settings.tracing_otlp_endpoint)
+    return lambda: OTLPSpanExporter(endpoint=endpoint)
+
+
+# --- process-wide: the live queues, their exit flush, the exporter's log filter ---------
+
+
+class _Exports:
+    """This process's live queues, their exit flush and the exporter's log filter."""
+
+    def __init__(self) -> None:
+        self.queues: weakref.WeakSet[SpanQueue] = weakref.WeakSet()
+        self.log_filter = ExporterLogFilter()
+        for name in _EXPORTER_LOGGERS:
+            logging.getLogger(name).addFilter(self.log_filter)
+        atexit.register(self.flush_at_exit)
+
+    def flush_at_exit(self) -> None:
+        queues = list(self.queues)
+        for queue in queues:
+            try:
+                queue.shutdown(EXIT_FLUSH_SECONDS / len(queues))
+            except Exception:
+                _log.debug("span flush at exit failed", exc_info=True)
+
+    def close(self) -> None:
+        atexit.unregister(self.flush_at_exit)
+        for name in _EXPORTER_LOGGERS:
+            logging.getLogger(name).removeFilter(self.log_filter)
+        for queue in list(self.queues):
+            queue.shutdown()
+
+
+def _exports() -> _Exports:
+    exports = process.registry("tracing.exports", _Exports)
+    process.on_reset("tracing", exports.close)
+    return exports
+
+
+def _correlate(provider: Any) -> None:
+    """Put the correlator on ``provider`` once (it only notes IDs; it exports nothing)."""
+    done: weakref.WeakSet[Any] = process.registry("tracing.correlated", weakref.WeakSet)
+    if provider in done or not hasattr(provider, "add_span_processor"):
+        return
+    provider.add_span_processor(Correlator())
+    done.add(provider)
+
+
+def init_app(app: Flask, state: ObsState) -> ServerTracing:
+    """Trace ``app``; see the module's docstring."""
+    settings = state.settings
+    rate = settings.tracing_sample_rate
+    current = trace.get_tracer_provider()
+    foreign: trace.Tracer | None = None
+    queue: SpanQueue | None = None
+    if not isinstance(current, (trace.ProxyTracerProvider, OwnTracerProvider)):
+        # The user set OpenTelemetry up: their provider, sampler and exporters.
+        _log.info("tracing through the app's own TracerProvider; no exporter added")
+        _correlate(current)
+        foreign = current.get_tracer(SCOPE_NAME, _version.__version__)
+        client_tracer = foreign
+    else:
+        resource = _resource(state)
+        make_exporter = _exporter_factory(state)
+        if make_exporter is not None:
+            recorder = state.recorder
+            queue = SpanQueue(
+                make_exporter,
+                settings.tracing_queue_size,
+                lambda count, reason: recorder.spans_dropped(count, reason),
+                resource,
+                InstrumentationScope(SCOPE_NAME, _version.__version__),
+            )
+            _exports().queues.add(queue)
+        provider = OwnTracerProvider(
+            sampler=ParentBased(TraceIdRatioBased(rate)), resource=resource
+        )
+        provider.add_span_processor(Correlator())
+        if queue is not None:
+            provider.add_span_processor(queue)
+        if isinstance(current, trace.ProxyTracerProvider):
+            trace.set_tracer_provider(provider)  # the first app of the process
+        client_tracer = provider.get_tracer(SCOPE_NAME, _version.__version__)
+    server = ServerTracing(
+        app,
+        state.internal_paths,
+        Extractor().extract,
+        TraceIdRatioBased(rate).bound,
+        queue,
+        foreign,
+        opentelemetry_flask.detector(),
+        state.ua_max,
+    )
+    state.observers.append(server)
+    state.request_scope = server
+    state.error_listeners.append(server.on_error)
+    state.tracer = OtelTracer(client_tracer)
+    if queue is not None:
+        flush = queue.flush
+
+        def drain(seconds: float) -> None:
+            flush(seconds)
+
+        state.drain_hooks.append(drain)
+    return server

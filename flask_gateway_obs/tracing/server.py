@@ -1,0 +1,329 @@
+"""The SERVER span of each request, inside the extension's WSGI step.
+
+:class:`ServerTracing` is a request observer (the span starts before Flask runs and
+ends with the request), the request scope (the span's context is current while the
+app and a streamed body run, so ``trace.get_current_span()`` and child spans see it)
+and an error listener (a 5xx error becomes an ``exception`` event with its message
+scrubbed). It sets ``ctx.trace_id``, ``ctx.span_id`` and ``ctx.trace_flags``, which the
+log formatters, Sentry and the metrics exemplars read.
+
+Spans of its own are :class:`~.spans.ServerSpan`; with a TracerProvider of the user's
+the span comes from the user's tracer; with a server span already current (an outer
+WSGI instrumentation) or opentelemetry-instrumentation-flask on the app, that span is
+adopted: no second one is made, and the request's log lines carry its IDs.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.status import Status, StatusCode
+
+from ..core.context import RequestContext, current_request
+from ..core.contracts import ErrorInfo
+from ..labels import STANDARD_METHODS
+from ..logs import mask_url_credentials
+from .export import SpanQueue
+from .spans import ServerSpan
+
+__all__ = ["Adopted", "Correlator", "ServerTracing", "error_type_of", "span_of"]
+
+_MASK64 = (1 << 64) - 1
+_MAX_PATH = 2048
+_MAX_MESSAGE = 1024
+_MAX_CACHED = 1024
+_getrandbits = random.getrandbits
+_time_ns = time.time_ns
+_get_current = otel_context.get_current
+_attach = otel_context.attach
+_detach = otel_context.detach
+_set_span = trace.set_span_in_context
+_ERROR = Status(StatusCode.ERROR)
+
+
+class Adopted:
+    """The request's server span belongs to another instrumentation (``span`` is
+    ``None`` until it starts, for the Flask instrumentation's before-request hook)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Any = None) -> None:
+        self.span = span
+
+
+def span_of(ctx: RequestContext | None) -> Any:
+    """The request's server span (ours or adopted), or ``None``."""
+    span = ctx.span if ctx is not None else None
+    return span.span if isinstance(span, Adopted) else span
+
+
+def error_type_of(error: BaseException) -> str:
+    """``error.type`` of an exception: its fully qualified class name."""
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def scrub(message: str) -> str:
+    """An exception's message as the error events carry it (credentials masked)."""
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "..."
+    return mask_url_credentials(message)
+
+
+def _note_ids(ctx: RequestContext, trace_id: int, span_id: int, sampled: bool) -> None:
+    ctx.trace_id = f"{trace_id:032x}"
+    ctx.span_id = f"{span_id:016x}"
+    ctx.trace_flags = "01" if sampled else "00"
+
+
+class Correlator(SpanProcessor):
+    """Notes the IDs of a SERVER span that another instrumentation starts inside a
+    request the extension adopted (opentelemetry-instrumentation-flask's)."""
+
+    def on_start(self, span: Span, parent_context: Any = None) -> None:
+        if span.kind is not SpanKind.SERVER:
+            return
+        ctx = current_request.get()
+        if ctx is None or not isinstance(ctx.span, Adopted) or ctx.span.span is not None:
+            return
+        ctx.span.span = span
+        context = span.get_span_context()
+        _note_ids(ctx, context.trace_id, context.span_id, context.trace_flags.sampled)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Nothing to do when a span ends."""
+
+
+class ServerTracing:
+    """Observer, scope and error listener of the server spans; see the module's docstring.
+
+    :param excluded: paths never traced (the extension's own endpoints; a live set).
+    :param sample_bound: a new trace is sampled when its ID's low 64 bits are below it
+        (the rule of the SDK's ``TraceIdRatioBased``).
+    :param queue: where finished spans of ours go (``None``: exporter ``none``).
+    :param foreign: the user's tracer, when the app runs on the user's TracerProvider.
+    :param instrumented: whether opentelemetry-instrumentation-flask traces an app.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        excluded: set[str],
+        extract: Callable[[Any], Any],
+        sample_bound: int,
+        queue: SpanQueue | None,
+        foreign: trace.Tracer | None,
+        instrumented: Callable[[Any], bool],
+        ua_max: int,
+    ) -> None:
+        self.app = app
+        self.excluded = excluded
+        self.extract = extract
+        self.sample_bound = sample_bound
+        self.queue = queue
+        self.foreign = foreign
+        self.instrumented = instrumented
+        self.ua_max = ua_max
+        self._names: dict[tuple[str, str | None], str] = {}
+        self._hosts: dict[tuple[str | None, str, str], tuple[str, int | None]] = {}
+        self._protocols: dict[str, str] = {}
+
+    # --- observer -------------------------------------------------------------------
+
+    def request_started(self, ctx: RequestContext) -> None:
+        environ = ctx.environ
+        if environ.get("PATH_INFO") in self.excluded:
+            return
+        if _get_current():  # something is current already: an outer instrumentation?
+            outer = trace.get_current_span()
+            outer_context = outer.get_span_context()
+            if outer_context.is_valid:
+                ctx.span = Adopted(outer)
+                _note_ids(
+                    ctx,
+                    outer_context.trace_id,
+                    outer_context.span_id,
+                    outer_context.trace_flags.sampled,
+                )
+                return
+        if self.instrumented(self.app):
+            ctx.span = Adopted()
+            return
+        parent_context = self.extract(environ)
+        if self.foreign is not None:
+            self._start_foreign(ctx, parent_context)
+            return
+        parent = None
+        if parent_context is not None:
+            found = trace.get_current_span(parent_context).get_span_context()
+            if found.is_valid:
+                parent = found
+        if parent is not None:
+            trace_id = parent.trace_id
+            sampled = parent.trace_flags.sampled
+        else:
+            trace_id = _getrandbits(128) or 1
+            sampled = (trace_id & _MASK64) < self.sample_bound
+        span_id = _getrandbits(64) or 1
+        ctx.trace_id = f"{trace_id:032x}"
+        ctx.span_id = f"{span_id:016x}"
+        ctx.trace_flags = "01" if sampled else "00"
+        attributes = self._request_attributes(ctx) if sampled else {}
+        span = ServerSpan(trace_id, span_id, sampled, parent, attributes, _time_ns())
+        span.parent_context = parent_context
+        ctx.span = span
+
+    def _start_foreign(self, ctx: RequestContext, parent_context: Any) -> None:
+        method = ctx.environ.get("REQUEST_METHOD", "GET")
+        assert self.foreign is not None
+        span = self.foreign.start_span(
+            method if method in STANDARD_METHODS else "HTTP",
+            context=parent_context,
+            kind=SpanKind.SERVER,
+            attributes=self._request_attributes(ctx),
+        )
+        span_context = span.get_span_context()
+        _note_ids(
+            ctx, span_context.trace_id, span_context.span_id, span_context.trace_flags.sampled
+        )
+        ctx.span = span
+
+    def request_finished(
+        self, ctx: RequestContext, method: str, route: str | None, status: int, duration: float
+    ) -> None:
+        span = ctx.span
+        if span is None or isinstance(span, Adopted):
+            return
+        if isinstance(span, ServerSpan):
+            if not span.sampled:
+                return
+            attributes = span.attributes
+            if route is not None:
+                attributes["http.route"] = route
+            attributes["http.response.status_code"] = status
+            if status >= 500:
+                attributes.setdefault("error.type", str(status))
+                if span.status is None:
+                    span.status = _ERROR
+            span.finish(self._name(method, route), span.start_ns + int(duration * 1e9))
+            if self.queue is not None:
+                self.queue.put(span)
+            return
+        # a span of the user's TracerProvider
+        if route is not None:
+            span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            if "error.type" not in (getattr(span, "attributes", None) or {}):
+                span.set_attribute("error.type", str(status))
+            span.set_status(_ERROR)
+        span.update_name(self._name(method, route))
+        span.end(_time_ns())
+
+    def _name(self, method: str, route: str | None) -> str:
+        key = (method, route)
+        name = self._names.get(key)
+        if name is None:
+            verb = method if method in STANDARD_METHODS else "HTTP"
+            name = verb if route is None else f"{verb} {route}"
+            if len(self._names) < _MAX_CACHED:
+                self._names[key] = name
+        return name
+
+    def _request_attributes(self, ctx: RequestContext) -> dict[str, Any]:
+        environ = ctx.environ
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO") or "/"
+        if len(path) > _MAX_PATH:
+            path = path[:_MAX_PATH]
+        scheme = environ.get("wsgi.url_scheme", "http")
+        attributes: dict[str, Any] = {
+            "http.request.method": method if method in STANDARD_METHODS else "_OTHER",
+            "url.path": path,
+            "url.scheme": scheme,
+            "request_id": ctx.request_id,
+        }
+        if method not in STANDARD_METHODS:
+            attributes["http.request.method_original"] = method[:64]
+        address, port = self._server(environ.get("HTTP_HOST"), environ, scheme)
+        attributes["server.address"] = address
+        if port is not None:
+            attributes["server.port"] = port
+        client = environ.get("REMOTE_ADDR")
+        if client:
+            attributes["client.address"] = client
+        agent = environ.get("HTTP_USER_AGENT")
+        if agent:
+            attributes["user_agent.original"] = agent[: self.ua_max]
+        protocol = environ.get("SERVER_PROTOCOL")
+        if protocol:
+            version = self._protocols.get(protocol)
+            if version is None:
+                version = protocol.rpartition("/")[2][:16]
+                if len(self._protocols) < 16:
+                    self._protocols[protocol] = version
+            attributes["network.protocol.version"] = version
+        return attributes
+
+    def _server(self, host: str | None, environ: Any, scheme: str) -> tuple[str, int | None]:
+        key = (host, environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", ""))
+        found = self._hosts.get(key)
+        if found is not None:
+            return found
+        address: str = key[1]
+        port_text: str = key[2]
+        if host:
+            host = host[:256]
+            if host.startswith("["):  # [::1]:8080
+                address, _, rest = host[1:].partition("]")
+                port_text = rest[1:] if rest.startswith(":") else ""
+            elif host.count(":") == 1:
+                address, _, port_text = host.partition(":")
+            else:
+                address, port_text = host, ""
+            if not port_text:
+                port_text = "443" if scheme == "https" else "80"
+        port = int(port_text) if port_text.isdigit() and int(port_text) < 65536 else None
+        found = (address, port)
+        if len(self._hosts) < _MAX_CACHED:
+            self._hosts[key] = found
+        return found
+
+    # --- scope ----------------------------------------------------------------------
+
+    def enter(self, ctx: RequestContext) -> Any:
+        span = ctx.span
+        if span is None or isinstance(span, Adopted):
+            return None
+        base = span.parent_context if isinstance(span, ServerSpan) else None
+        return _attach(_set_span(span, base))
+
+    def exit(self, token: Any) -> None:
+        if token is not None:
+            _detach(token)
+
+    # --- error listener ---------------------------------------------------------------
+
+    def on_error(self, info: ErrorInfo) -> None:
+        if info.status < 500:
+            return
+        span = span_of(current_request.get())
+        if span is None or not span.is_recording():
+            return
+        error = info.error
+        kind = error_type_of(error)
+        try:
+            message = scrub(str(error))
+        except Exception:
+            message = ""
+        span.add_event("exception", {"exception.type": kind, "exception.message": message})
+        span.set_attribute("error.type", kind)
+        span.set_status(_ERROR)

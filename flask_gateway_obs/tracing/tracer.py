@@ -1,0 +1,127 @@
+"""``state.tracer`` when tracing is on: client spans, span events, outgoing headers.
+
+Breakers, retries and dependency tracking report here through the
+:class:`~flask_gateway_obs.core.contracts.Tracer` contract and never import
+OpenTelemetry themselves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping, MutableMapping
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.status import Status, StatusCode
+
+from ..core.contracts import Tracer
+from ..errors import CircuitOpenError
+from .propagation import inject
+from .server import error_type_of, scrub
+
+__all__ = ["ClientSpan", "OtelTracer"]
+
+#: The client span open in this context (a breaker rejection marks it).
+_current_client: contextvars.ContextVar[ClientSpan | None] = contextvars.ContextVar(
+    "flask_gateway_obs_client_span", default=None
+)
+
+
+class ClientSpan:
+    """A CLIENT span around one call to a dependency, current while the call runs.
+
+    An exception leaving the block is an ``exception`` event (message scrubbed) and
+    sets status ERROR; an open breaker's refusal (:class:`CircuitOpenError`, or
+    :meth:`OtelTracer.rejected`) marks the span ``circuit_breaker.rejected``.
+    """
+
+    __slots__ = ("_client_token", "_token", "attributes", "name", "span", "tracer")
+
+    def __init__(self, tracer: trace.Tracer, dependency: str, operation: str) -> None:
+        self.tracer = tracer
+        self.name = f"{dependency} {operation}"
+        self.attributes = {"peer.service": dependency, "dependency.operation": operation}
+        self.span: Any = None
+        self._token: Any = None
+        self._client_token: Any = None
+
+    def __enter__(self) -> ClientSpan:
+        self.span = self.tracer.start_span(
+            self.name, kind=SpanKind.CLIENT, attributes=self.attributes
+        )
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._client_token = _current_client.set(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        span = self.span
+        try:
+            if isinstance(exc, CircuitOpenError):
+                self.mark_rejected(getattr(exc, "breaker", None))
+            elif exc is not None and isinstance(exc, Exception):
+                self.fail(error_type_of(exc), scrub(str(exc)))
+        finally:
+            _current_client.reset(self._client_token)
+            otel_context.detach(self._token)
+            span.end()
+
+    def fail(self, error_type: str, message: str | None = None) -> None:
+        """Mark the call failed (``error.type``, status ERROR), with an exception event
+        when a message is given."""
+        span = self.span
+        if span is None or not span.is_recording():
+            return
+        if message is not None:
+            span.add_event(
+                "exception", {"exception.type": error_type, "exception.message": message}
+            )
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR))
+
+    def mark_rejected(self, breaker: str | None) -> None:
+        """The call was refused by an open breaker: nothing was sent."""
+        span = self.span
+        if span is None or not span.is_recording():
+            return
+        span.set_attribute("circuit_breaker.rejected", True)
+        if breaker:
+            span.set_attribute("circuit_breaker.name", str(breaker))
+        span.set_attribute("error.type", "circuit_open")
+        span.set_status(Status(StatusCode.ERROR, "circuit breaker open"))
+
+
+class OtelTracer(Tracer):
+    """The tracing concern's :class:`~flask_gateway_obs.core.contracts.Tracer`.
+
+    :param tracer: the OpenTelemetry tracer of client spans (ours or the user's provider's).
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+
+    def client_span(self, dependency: str, operation: str) -> ClientSpan:
+        return ClientSpan(self.tracer, dependency, operation)
+
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(name, dict(attributes))
+
+    def rejected(self, breaker: str) -> None:
+        client = _current_client.get()
+        if client is not None:
+            client.mark_rejected(breaker)
+        else:
+            self.event("circuit_breaker.rejected", {"circuit_breaker.name": breaker})
+
+    def inject(self, carrier: MutableMapping[str, str]) -> bool:
+        inject(carrier)
+        return True
