@@ -182,7 +182,7 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
     server = ServerTracing(
         app,
         state.internal_paths,
-        Extractor().extract,
+        Extractor(),
         TraceIdRatioBased(rate).bound,
         queue,
         foreign,

@@ -50,34 +50,32 @@ class EnvironGetter(Getter[Mapping[str, Any]]):
 
 
 class Extractor:
-    """Extracts the incoming context of a request through the global propagator."""
+    """What the request step needs to extract an incoming context through the global
+    propagator: the getter, and which environ keys decide whether to ask at all."""
 
     def __init__(self) -> None:
         self.getter = EnvironGetter()
-        self._propagator: TextMapPropagator | None = None
-        #: environ keys of the default propagator's headers; None: always extract
-        self._keys: tuple[str, ...] | None = None
+        self.propagator: TextMapPropagator | None = None
+        #: environ keys of a W3C propagator's headers; ``None``: always extract
+        self.keys: tuple[str, ...] | None = None
 
-    def _learn(self, propagator: TextMapPropagator) -> None:
-        self._propagator = propagator
-        self._keys = None
+    def learn(self, propagator: TextMapPropagator) -> None:
+        """Note the global propagator (it may be replaced at any time)."""
+        self.propagator = propagator
+        self.keys = None
         # The W3C propagators (and the default composite of them) read exactly the
         # headers they name in ``fields``; any other propagator is always asked.
         if type(propagator) in _SKIPPABLE and set(propagator.fields) <= _W3C_HEADERS:
-            self._keys = tuple(self.getter.environ_key(field) for field in propagator.fields)
+            self.keys = tuple(self.getter.environ_key(field) for field in propagator.fields)
 
     def extract(self, environ: Mapping[str, Any]) -> Context | None:
         """The incoming context, or ``None`` when the request carried none."""
         propagator = propagate.get_global_textmap()
-        if propagator is not self._propagator:
-            self._learn(propagator)
-        keys = self._keys
-        if keys is not None:
-            for key in keys:
-                if key in environ:
-                    break
-            else:
-                return None
+        if propagator is not self.propagator:
+            self.learn(propagator)
+        keys = self.keys
+        if keys is not None and not any(key in environ for key in keys):
+            return None
         return propagator.extract(environ, getter=self.getter)
 
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.status import Status, StatusCode
@@ -31,6 +32,7 @@ from ..core.contracts import ErrorInfo
 from ..labels import STANDARD_METHODS
 from ..logs import mask_url_credentials
 from .export import SpanQueue
+from .propagation import Extractor
 from .spans import ServerSpan
 
 __all__ = ["Adopted", "Correlator", "ServerTracing", "error_type_of", "span_of"]
@@ -45,6 +47,8 @@ _get_current = otel_context.get_current
 _attach = otel_context.attach
 _detach = otel_context.detach
 _set_span = trace.set_span_in_context
+_get_textmap = propagate.get_global_textmap
+_EMPTY_CONTEXT = Context()
 _ERROR = Status(StatusCode.ERROR)
 
 
@@ -106,6 +110,7 @@ class ServerTracing:
     """Observer, scope and error listener of the server spans; see the module's docstring.
 
     :param excluded: paths never traced (the extension's own endpoints; a live set).
+    :param extractor: reads the incoming trace context through the global propagator.
     :param sample_bound: a new trace is sampled when its ID's low 64 bits are below it
         (the rule of the SDK's ``TraceIdRatioBased``).
     :param queue: where finished spans of ours go (``None``: exporter ``none``).
@@ -117,7 +122,7 @@ class ServerTracing:
         self,
         app: Any,
         excluded: set[str],
-        extract: Callable[[Any], Any],
+        extractor: Extractor,
         sample_bound: int,
         queue: SpanQueue | None,
         foreign: trace.Tracer | None,
@@ -126,7 +131,8 @@ class ServerTracing:
     ) -> None:
         self.app = app
         self.excluded = excluded
-        self.extract = extract
+        self.extractor = extractor
+        self._instrumented: bool | None = None
         self.sample_bound = sample_bound
         self.queue = queue
         self.foreign = foreign
@@ -142,8 +148,9 @@ class ServerTracing:
         environ = ctx.environ
         if environ.get("PATH_INFO") in self.excluded:
             return
-        if _get_current():  # something is current already: an outer instrumentation?
-            outer = trace.get_current_span()
+        current = _get_current()
+        if current:  # something is current already: an outer instrumentation's span?
+            outer = trace.get_current_span(current)
             outer_context = outer.get_span_context()
             if outer_context.is_valid:
                 ctx.span = Adopted(outer)
@@ -154,10 +161,26 @@ class ServerTracing:
                     outer_context.trace_flags.sampled,
                 )
                 return
-        if self.instrumented(self.app):
+        instrumented = self._instrumented
+        if instrumented is None:  # the app is instrumented before it serves, or never
+            instrumented = self._instrumented = self.instrumented(self.app)
+        if instrumented:
             ctx.span = Adopted()
             return
-        parent_context = self.extract(environ)
+        # The incoming context, through the global propagator (see propagation.py).
+        propagator = _get_textmap()
+        extractor = self.extractor
+        if propagator is not extractor.propagator:
+            extractor.learn(propagator)
+        parent_context = None
+        keys = extractor.keys
+        if keys is None:
+            parent_context = propagator.extract(environ, getter=extractor.getter)
+        else:
+            for key in keys:
+                if key in environ:
+                    parent_context = propagator.extract(environ, getter=extractor.getter)
+                    break
         if self.foreign is not None:
             self._start_foreign(ctx, parent_context)
             return
@@ -175,11 +198,22 @@ class ServerTracing:
         span_id = _getrandbits(64) or 1
         ctx.trace_id = f"{trace_id:032x}"
         ctx.span_id = f"{span_id:016x}"
-        ctx.trace_flags = "01" if sampled else "00"
-        attributes = self._request_attributes(ctx) if sampled else {}
-        span = ServerSpan(trace_id, span_id, sampled, parent, attributes, _time_ns())
-        span.parent_context = parent_context
-        ctx.span = span
+        if sampled:
+            ctx.trace_flags = "01"
+            ctx.span = ServerSpan(
+                trace_id,
+                span_id,
+                True,
+                parent,
+                self._request_attributes(ctx),
+                _time_ns(),
+                parent_context or current or _EMPTY_CONTEXT,
+            )
+        else:
+            ctx.trace_flags = "00"
+            ctx.span = ServerSpan(
+                trace_id, span_id, False, parent, {}, 0, parent_context or current or _EMPTY_CONTEXT
+            )
 
     def _start_foreign(self, ctx: RequestContext, parent_context: Any) -> None:
         method = ctx.environ.get("REQUEST_METHOD", "GET")
@@ -200,9 +234,7 @@ class ServerTracing:
         self, ctx: RequestContext, method: str, route: str | None, status: int, duration: float
     ) -> None:
         span = ctx.span
-        if span is None or isinstance(span, Adopted):
-            return
-        if isinstance(span, ServerSpan):
+        if type(span) is ServerSpan:
             if not span.sampled:
                 return
             attributes = span.attributes
@@ -216,6 +248,8 @@ class ServerTracing:
             span.finish(self._name(method, route), span.start_ns + int(duration * 1e9))
             if self.queue is not None:
                 self.queue.put(span)
+            return
+        if span is None or isinstance(span, Adopted):
             return
         # a span of the user's TracerProvider
         if route is not None:
@@ -301,10 +335,11 @@ class ServerTracing:
 
     def enter(self, ctx: RequestContext) -> Any:
         span = ctx.span
+        if type(span) is ServerSpan:
+            return _attach(_set_span(span, span.parent_context))
         if span is None or isinstance(span, Adopted):
             return None
-        base = span.parent_context if isinstance(span, ServerSpan) else None
-        return _attach(_set_span(span, base))
+        return _attach(_set_span(span))
 
     def exit(self, token: Any) -> None:
         if token is not None:

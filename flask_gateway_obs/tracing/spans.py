@@ -55,26 +55,28 @@ class ServerSpan(trace.Span):
     :param sampled: whether the span is recorded and exported.
     :param parent: the remote parent's context, if the request carried one.
     :param attributes: the span's attributes (owned by the span from here on).
-    :param start_ns: start time, ns since the epoch.
+    :param start_ns: start time, ns since the epoch (0 when not sampled).
+    :param parent_context: the OpenTelemetry context to attach the span under.
     """
 
+    # Slots for what every request sets; the rest are class defaults, replaced on the
+    # instance (the API's ``Span`` has no slots) only when a sampled span needs them.
     __slots__ = (
         "_context",
         "attributes",
-        "end_ns",
-        "ended",
-        "events",
-        "kind",
-        "name",
         "parent",
         "parent_context",
         "sampled",
         "span_id",
         "start_ns",
-        "status",
         "trace_id",
-        "trace_state",
     )
+    name = ""
+    end_ns = 0
+    ended = False
+    kind = SpanKind.SERVER
+    events: list[tuple[str, dict[str, Any], int]] | None = None
+    status: Status | None = None
 
     def __init__(
         self,
@@ -84,23 +86,17 @@ class ServerSpan(trace.Span):
         parent: SpanContext | None,
         attributes: dict[str, Any],
         start_ns: int,
+        parent_context: Any = None,
     ) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
         self.sampled = sampled
         self.parent = parent
-        self.trace_state = parent.trace_state if parent is not None else _EMPTY_STATE
         self.attributes = attributes
         self.start_ns = start_ns
-        self.end_ns = 0
-        self.name = ""
-        self.kind = SpanKind.SERVER
-        self.events: list[tuple[str, dict[str, Any], int]] | None = None
-        self.status: Status | None = None
-        self.ended = False
         self._context: SpanContext | None = None
-        #: The incoming context (its baggage), attached under the span.
-        self.parent_context: Any = None
+        #: The context the span is attached under (the incoming one, with its baggage).
+        self.parent_context = parent_context
 
     # --- the Span API --------------------------------------------------------------
 
@@ -112,7 +108,7 @@ class ServerSpan(trace.Span):
                 self.span_id,
                 is_remote=False,
                 trace_flags=_SAMPLED if self.sampled else _NOT_SAMPLED,
-                trace_state=self.trace_state,
+                trace_state=self.parent.trace_state if self.parent is not None else _EMPTY_STATE,
             )
         return context
 
