@@ -467,6 +467,23 @@ def _diff_of(results: list[InprocResult], name: str) -> float | None:
     return summarize(found, bare).diff_us
 
 
+def _added_over(results: list[InprocResult], name: str, base: str) -> float | None:
+    """Median over rounds of what ``name`` adds over ``base`` (both paired with bare)."""
+    bare = next((r for r in results if r.variant.name == "bare" and r.ok), None)
+    found = next((r for r in results if r.variant.name == name and r.ok), None)
+    under = next((r for r in results if r.variant.name == base and r.ok), None)
+    if bare is None or found is None or under is None:
+        return None
+
+    def diffs(result: InprocResult) -> dict[int, float]:
+        reference = {**bare.per_round, **result.paired_bare}
+        return {r: v - reference[r] for r, v in result.per_round.items() if r in reference}
+
+    over, below = diffs(found), diffs(under)
+    added = [over[r] - below[r] for r in over if r in below]
+    return _median(added) if added else None
+
+
 def goals_table(inproc: list[InprocResult], servers: list[server.ServerResult]) -> list[str]:
     """The issue's goals next to what this run measured."""
     rows: list[tuple[str, str, str]] = []
@@ -496,6 +513,24 @@ def goals_table(inproc: list[InprocResult], servers: list[server.ServerResult]) 
             "metrics alone < ½ of prometheus-flask-exporter's cost",
             f"{_fmt(ours_metrics, sign=True)} µs vs {_fmt(pfe, sign=True)} µs ({_fmt(share, 2)})",
             verdict(share, 0.5),
+        )
+    )
+    otel = _diff_of(inproc, "peer-otel")
+    traced = _added_over(inproc, "ours-tracing", "ours-core")
+    share = traced / otel if traced is not None and otel else None
+    rows.append(
+        (
+            "sampled tracing adds ≤ ¼ of what opentelemetry-instrumentation-flask adds",
+            f"{_fmt(traced, sign=True)} µs vs {_fmt(otel, sign=True)} µs ({_fmt(share, 2)})",
+            verdict(share, 0.25),
+        )
+    )
+    quiet = _added_over(inproc, "ours-tracing-unsampled", "ours-core")
+    rows.append(
+        (
+            "unsampled tracing adds ≤ 3 µs over core",
+            f"{_fmt(quiet, sign=True)} µs",
+            verdict(quiet, 3.0),
         )
     )
     for mode in server.MODES:

@@ -187,18 +187,25 @@ def _flask_limiter(app: Flask) -> None:
     )
 
 
-def _opentelemetry(app: Flask) -> Callable[[], None]:
+def closed_port_traces_url() -> str:
+    """An OTLP/HTTP traces URL on a loopback port nobody listens on (exports fail fast)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1/traces"
+
+
+def _opentelemetry(app: Flask) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    exporter = InMemorySpanExporter()
+    # The exporter ours uses: OTLP/HTTP batched on a background thread, here to a
+    # closed local port (exports fail; the queue drops what does not fit).
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(closed_port_traces_url())))
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-    # Finished spans pile up in memory; drop them between slices (outside the timing).
-    return exporter.clear
 
 
 def _hand_wired(app: Flask) -> None:
@@ -250,6 +257,7 @@ _RATELIMIT = (
     ("RATELIMIT_DEFAULT", UNREACHED_LIMIT),
 )
 _SENTRY_DSN = "<closed local port>"  # replaced by closed_port_dsn() at build time
+_TRACES_URL = "<closed local traces port>"  # replaced by closed_port_traces_url()
 _OFF = (
     (_K + "METRICS_ENABLED", False),
     (_K + "RATELIMIT_ENABLED", False),
@@ -262,6 +270,7 @@ _PEER_MODULES = {
     "limiter": ("flask_limiter",),
     "otel": (
         "opentelemetry.sdk",
+        "opentelemetry.exporter.otlp.proto.http",
         "opentelemetry.instrumentation.flask",
     ),
 }
@@ -306,7 +315,7 @@ VARIANTS: tuple[Variant, ...] = (
         "peer",
         _opentelemetry,
         modules=_PEER_MODULES["otel"],
-        description="SDK tracer, in-memory exporter",
+        description="SDK tracer, batched OTLP/HTTP exporter to a closed local port",
     ),
     Variant(
         "peer-stack",
@@ -417,6 +426,40 @@ VARIANTS: tuple[Variant, ...] = (
         description="DSN on a closed local port, tracing off",
     ),
     Variant(
+        "ours-tracing",
+        "ours: core + tracing (sampled)",
+        "ours",
+        _ours,
+        config=(
+            *_COMMON,
+            (_K + "METRICS_ENABLED", True),
+            (_K + "TRACING_ENABLED", True),
+            (_K + "TRACING_SAMPLE_RATE", 1.0),
+            (_K + "TRACING_OTLP_ENDPOINT", _TRACES_URL),
+        ),
+        config_if_known=((_K + "RATELIMIT_ENABLED", False),),
+        modules=_PEER_MODULES["otel"][:2],
+        ours=("metrics", "tracing"),
+        description="every request sampled; OTLP/HTTP to a closed local port, as the peer",
+    ),
+    Variant(
+        "ours-tracing-unsampled",
+        "ours: core + tracing (not sampled)",
+        "ours",
+        _ours,
+        config=(
+            *_COMMON,
+            (_K + "METRICS_ENABLED", True),
+            (_K + "TRACING_ENABLED", True),
+            (_K + "TRACING_SAMPLE_RATE", 0.0),
+            (_K + "TRACING_OTLP_ENDPOINT", _TRACES_URL),
+        ),
+        config_if_known=((_K + "RATELIMIT_ENABLED", False),),
+        modules=_PEER_MODULES["otel"][:2],
+        ours=("metrics", "tracing"),
+        description="tracing on, sample rate 0: IDs on logs, nothing recorded",
+    ),
+    Variant(
         "ours-all",
         "ours: everything on",
         "ours",
@@ -474,6 +517,8 @@ def config_for(variant: Variant) -> dict[str, Any]:
     for key, value in config.items():
         if value == _SENTRY_DSN:
             config[key] = closed_port_dsn()
+        elif value == _TRACES_URL:
+            config[key] = closed_port_traces_url()
     return config
 
 
