@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,16 @@ _EXPORTER_LOGGERS = (
 _log = logging.getLogger("flask_gateway_obs.tracing")
 
 
+class _Stdout:
+    """``sys.stdout`` as it is when a span is written (it may be replaced after start-up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 class OwnTracerProvider(TracerProvider):
     """The extension's TracerProvider (told apart from one the user set globally)."""
 
@@ -93,7 +104,7 @@ def _exporter_factory(state: ObsState) -> Callable[[], SpanExporter] | None:
     if settings.tracing_exporter == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        return ConsoleSpanExporter
+        return lambda: ConsoleSpanExporter(out=_Stdout())  # type: ignore[arg-type]
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     endpoint = otlp_endpoint(settings.tracing_otlp_endpoint)
