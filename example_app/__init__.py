@@ -2,14 +2,19 @@
 
 Run it with ``make demo``; every setting comes from the environment, for example
 ``FLASK_GATEWAY_OBS_LOG_FORMAT=console make demo``. Without Redis, PostgreSQL or
-Sentry settings it runs on embedded defaults.
+Sentry settings it runs on embedded defaults. :func:`create_upstream` is the quotes
+service it can call (``FLASK_QUOTES_UPSTREAM_URL``); with
+``FLASK_GATEWAY_OBS_TRACING_ENABLED=true`` on both, one request is one trace.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+import urllib.request
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 from flask_gateway_obs import (
     AppError,
@@ -43,12 +48,28 @@ def items_store() -> CheckResult | None:
 # requests open it (logged; ``circuit_breaker_state{breaker="quotes"} 1`` on /metrics),
 # then /quotes answers 503 with Retry-After without calling the upstream, and after
 # reset_timeout one good call closes it again.
+# With QUOTES_UPSTREAM_URL set (e.g. the app of create_upstream()), the call is a real
+# HTTP request: timed as a dependency, a CLIENT span when tracing is on, and sent with
+# the request ID and traceparent so the upstream's spans and logs join this request's.
 @obs.resilient("quotes")
 def fetch_quote(symbol: str, fail: bool) -> dict[str, Any]:
-    """Stands in for an HTTP call to a quotes service."""
+    """Calls the quotes service at ``QUOTES_UPSTREAM_URL``, or stands in for it."""
     if fail:
         raise AppError("the quotes service answered 502", 502, code="upstream_error")
-    return {"symbol": symbol, "price": 42.0}
+    upstream = current_app.config.get("QUOTES_UPSTREAM_URL")
+    if not upstream:
+        return {"symbol": symbol, "price": 42.0}
+    with obs.track_dependency("quotes", "GET /quotes/<symbol>"):
+        outgoing = urllib.request.Request(
+            f"{upstream.rstrip('/')}/quotes/{urllib.parse.quote(symbol)}",
+            headers=obs.propagation_headers(),
+        )
+        try:
+            with urllib.request.urlopen(outgoing, timeout=2) as response:
+                quote: dict[str, Any] = json.load(response)
+        except OSError as error:  # refused, timed out, or an HTTP error status
+            raise AppError("the quotes service failed", 502, code="upstream_error") from error
+    return quote
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -97,5 +118,21 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # A programming error: the client gets a generic 500; the log gets the stack,
         # with the password in the URL masked.
         raise RuntimeError("lost connection to postgresql://orders:s3cret@db.internal/orders")
+
+    return app
+
+
+def create_upstream(config: dict[str, Any] | None = None) -> Flask:
+    """The quotes service the gateway calls when ``QUOTES_UPSTREAM_URL`` points at it."""
+    app = Flask("example_upstream")
+    app.config["GATEWAY_OBS_SERVICE_NAME"] = "quotes-upstream"
+    app.config.from_prefixed_env()
+    app.config.update(config or {})
+    GatewayObs(app)
+
+    @app.get("/quotes/<symbol>")
+    def quote(symbol: str) -> dict[str, Any]:
+        log.info("quote served", symbol=symbol)
+        return {"symbol": symbol, "price": 42.0}
 
     return app
