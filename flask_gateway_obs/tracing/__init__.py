@@ -137,7 +137,7 @@ class _Exports:
         for name in _EXPORTER_LOGGERS:
             logging.getLogger(name).removeFilter(self.log_filter)
         for queue in list(self.queues):
-            queue.shutdown()
+            queue.shutdown(0.0)
 
 
 def _exports() -> _Exports:
@@ -182,7 +182,9 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
             )
             _exports().queues.add(queue)
         provider = OwnTracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(rate)), resource=resource
+            sampler=ParentBased(TraceIdRatioBased(rate)),
+            resource=resource,
+            shutdown_on_exit=False,  # the exit flush below is ours, within its bound
         )
         provider.add_span_processor(Correlator())
         if queue is not None:

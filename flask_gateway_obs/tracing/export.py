@@ -217,7 +217,7 @@ class SpanQueue(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.flush(timeout_millis / 1000.0)
 
-    def shutdown(self, timeout: float = 0.0) -> None:
+    def shutdown(self, timeout: float = 5.0) -> None:
         """Flush within ``timeout`` seconds, then stop the thread and the exporter."""
         if self._stopped:
             return
