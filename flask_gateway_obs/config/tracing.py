@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from .parsers import (
     PREFIX,
-    Parser,
     _bool,
     _choice,
     _fraction,
     _int,
-    _Invalid,
     _optional,
     _setting,
     _url,
@@ -20,16 +17,6 @@ from .parsers import (
 
 #: The most spans a worker may hold waiting for export.
 MAX_QUEUE_SIZE = 1_000_000
-
-
-def _bounded_int(minimum: int, maximum: int) -> Parser:
-    def parse(value: Any) -> int:
-        number = int(_int(minimum)(value))
-        if number > maximum:
-            raise _Invalid
-        return number
-
-    return parse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +55,7 @@ class TracingSettings:
     tracing_queue_size: int = _setting(
         "TRACING_QUEUE_SIZE",
         2048,
-        _bounded_int(1, MAX_QUEUE_SIZE),
+        _int(1, MAX_QUEUE_SIZE),
         f"an integer from 1 to {MAX_QUEUE_SIZE}",
         "spans a worker holds for export; past it spans are dropped and counted",
     )
