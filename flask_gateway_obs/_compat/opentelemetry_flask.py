@@ -1,8 +1,8 @@
 """Whether opentelemetry-instrumentation-flask traces an app (so the extension adopts
 its SERVER span instead of starting a second one).
 
-Private path (verified with opentelemetry-instrumentation-flask 0.48b0 and 0.66b1; taken
-for 0.48 to 0.66): the ``_is_instrumented_by_opentelemetry`` flag that
+Private path (verified with opentelemetry-instrumentation-flask 0.56b0 and 0.66b1; taken
+for 0.56 to 0.66): the ``_is_instrumented_by_opentelemetry`` flag that
 ``FlaskInstrumentor.instrument_app(app)`` and the instrumented ``Flask`` class set on the
 app. Public path (any other version): ``FlaskInstrumentor().is_instrumented_by_opentelemetry``,
 which knows of ``FlaskInstrumentor().instrument()`` only; an app instrumented on its own
@@ -22,7 +22,7 @@ from typing import Any
 __all__ = ["VERIFIED", "detector", "force_public_path"]
 
 #: Minor versions (0.N) whose private flag was checked.
-VERIFIED = range(48, 67)
+VERIFIED = range(56, 67)
 _DISTRIBUTION = "opentelemetry-instrumentation-flask"
 _MODULE = "opentelemetry.instrumentation.flask"
 _log = logging.getLogger("flask_gateway_obs.tracing")
