@@ -20,6 +20,7 @@ from .handlers import (
 from .loggers import ACCESS_LOGGER_NAME, LOGGER_NAME, BoundLogger, emit, get_logger
 from .redaction import (
     REDACTED,
+    REPORT_FRAGMENTS,
     SECRET_FRAGMENTS,
     Redactor,
     TextMasker,
@@ -31,6 +32,7 @@ __all__ = [
     "ACCESS_LOGGER_NAME",
     "LOGGER_NAME",
     "REDACTED",
+    "REPORT_FRAGMENTS",
     "SECRET_FRAGMENTS",
     "AccessEntry",
     "AccessLog",

@@ -24,6 +24,18 @@ SECRET_FRAGMENTS: tuple[str, ...] = (
     "credential",
     "private_key",
 )
+#: Fragments error reports (Sentry events, the exception events of traces) scrub on top
+#: of :data:`SECRET_FRAGMENTS`.
+REPORT_FRAGMENTS: tuple[str, ...] = (
+    "auth",
+    "pwd",
+    "csrf",
+    "xsrf",
+    "jwt",
+    "bearer",
+    "privatekey",
+    "sessid",
+)
 _MAX_DEPTH = 8
 
 

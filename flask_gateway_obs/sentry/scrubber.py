@@ -18,6 +18,7 @@ from ..logs.loggers import LOGGER_NAME
 from ..logs.redaction import (
     MIN_SECRET_LENGTH,
     REDACTED,
+    REPORT_FRAGMENTS,
     Redactor,
     TextMasker,
     is_auth_scheme,
@@ -25,17 +26,9 @@ from ..logs.redaction import (
 
 __all__ = ["PII_FRAGMENTS", "SECRETS_HINT", "SENTRY_FRAGMENTS", "Scrubber", "add_secret"]
 
-#: Fragments scrubbed in events on top of :data:`logs.SECRET_FRAGMENTS`.
-SENTRY_FRAGMENTS: tuple[str, ...] = (
-    "auth",
-    "pwd",
-    "csrf",
-    "xsrf",
-    "jwt",
-    "bearer",
-    "privatekey",
-    "sessid",
-)
+#: Fragments scrubbed in events on top of :data:`logs.SECRET_FRAGMENTS` (shared with the
+#: exception events of traces: :data:`logs.REPORT_FRAGMENTS`).
+SENTRY_FRAGMENTS: tuple[str, ...] = REPORT_FRAGMENTS
 #: Fragments of names (lower-case, ``_`` read as ``-``) whose values are IP addresses
 #: or e-mails: scrubbed unless PII is enabled (``X-Forwarded-For``, ``Forwarded``,
 #: ``X-Real-IP``, ``CF-Connecting-IP``, ``X-Originating-IP``, ``REMOTE_ADDR``, ...).
