@@ -34,7 +34,7 @@ from .._compat import opentelemetry_flask
 from ..core import process
 from .export import ExporterLogFilter, SpanQueue
 from .propagation import Extractor
-from .server import Correlator, ServerTracing
+from .server import Correlator, MessageScrubber, ServerTracing
 from .tracer import OtelTracer
 
 if TYPE_CHECKING:
@@ -192,6 +192,7 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
         if isinstance(current, trace.ProxyTracerProvider):
             trace.set_tracer_provider(provider)  # the first app of the process
         client_tracer = provider.get_tracer(SCOPE_NAME, _version.__version__)
+    scrub = MessageScrubber((*settings.log_redact_keys, *settings.sentry_denylist))
     server = ServerTracing(
         app,
         state.internal_paths,
@@ -201,11 +202,12 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
         foreign,
         opentelemetry_flask.detector(),
         state.ua_max,
+        scrub,
     )
     state.observers.append(server)
     state.request_scope = server
     state.error_listeners.append(server.on_error)
-    state.tracer = OtelTracer(client_tracer)
+    state.tracer = OtelTracer(client_tracer, scrub)
     if queue is not None:
         flush = queue.flush
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -30,12 +30,12 @@ from opentelemetry.trace.status import Status, StatusCode
 from ..core.context import RequestContext, current_request
 from ..core.contracts import ErrorInfo
 from ..labels import STANDARD_METHODS
-from ..logs import mask_url_credentials
+from ..logs import REPORT_FRAGMENTS, Redactor, TextMasker
 from .export import SpanQueue
 from .propagation import Extractor
 from .spans import ServerSpan
 
-__all__ = ["Adopted", "Correlator", "ServerTracing", "error_type_of", "span_of"]
+__all__ = ["Adopted", "Correlator", "MessageScrubber", "ServerTracing", "error_type_of", "span_of"]
 
 _MASK64 = (1 << 64) - 1
 _MAX_PATH = 2048
@@ -75,11 +75,23 @@ def error_type_of(error: BaseException) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
-def scrub(message: str) -> str:
-    """An exception's message as the error events carry it (credentials masked)."""
-    if len(message) > _MAX_MESSAGE:
-        message = message[:_MAX_MESSAGE] + "..."
-    return mask_url_credentials(message)
+class MessageScrubber:
+    """An exception's message as error events carry it, masked as Sentry masks event text
+    (the same fragments: the logs', :data:`~flask_gateway_obs.logs.REPORT_FRAGMENTS` and
+    the configured extra ones), then cut to a bounded length.
+
+    :param fragments: the extra key fragments (``GATEWAY_OBS_LOG_REDACT_KEYS``, the Sentry
+        denylist).
+    """
+
+    def __init__(self, fragments: Iterable[str] = ()) -> None:
+        self.masker = TextMasker(Redactor((*REPORT_FRAGMENTS, *fragments)).fragments)
+
+    def __call__(self, message: str) -> str:
+        message = self.masker.mask(message)
+        if len(message) > _MAX_MESSAGE:
+            message = message[:_MAX_MESSAGE] + "..."
+        return message
 
 
 def _note_ids(ctx: RequestContext, trace_id: int, span_id: int, sampled: bool) -> None:
@@ -116,6 +128,7 @@ class ServerTracing:
     :param queue: where finished spans of ours go (``None``: exporter ``none``).
     :param foreign: the user's tracer, when the app runs on the user's TracerProvider.
     :param instrumented: whether opentelemetry-instrumentation-flask traces an app.
+    :param scrub: masks an exception's message for its event.
     """
 
     def __init__(
@@ -128,6 +141,7 @@ class ServerTracing:
         foreign: trace.Tracer | None,
         instrumented: Callable[[Any], bool],
         ua_max: int,
+        scrub: Callable[[str], str],
     ) -> None:
         self.app = app
         self.excluded = excluded
@@ -138,6 +152,7 @@ class ServerTracing:
         self.foreign = foreign
         self.instrumented = instrumented
         self.ua_max = ua_max
+        self.scrub = scrub
         self._names: dict[tuple[str, str | None], str] = {}
         self._hosts: dict[tuple[str | None, str, str], tuple[str, int | None]] = {}
         self._protocols: dict[str, str] = {}
@@ -356,7 +371,7 @@ class ServerTracing:
         error = info.error
         kind = error_type_of(error)
         try:
-            message = scrub(str(error))
+            message = self.scrub(str(error))
         except Exception:
             message = ""
         span.add_event("exception", {"exception.type": kind, "exception.message": message})

@@ -8,7 +8,7 @@ OpenTelemetry themselves.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +20,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from ..core.contracts import Tracer
 from ..errors import CircuitOpenError
 from .propagation import inject
-from .server import error_type_of, scrub
+from .server import error_type_of
 
 __all__ = ["ClientSpan", "OtelTracer"]
 
@@ -38,10 +38,17 @@ class ClientSpan:
     :meth:`OtelTracer.rejected`) marks the span ``circuit_breaker.rejected``.
     """
 
-    __slots__ = ("_client_token", "_token", "attributes", "name", "span", "tracer")
+    __slots__ = ("_client_token", "_token", "attributes", "name", "scrub", "span", "tracer")
 
-    def __init__(self, tracer: trace.Tracer, dependency: str, operation: str) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        dependency: str,
+        operation: str,
+        scrub: Callable[[str], str],
+    ) -> None:
         self.tracer = tracer
+        self.scrub = scrub
         self.name = f"{dependency} {operation}"
         self.attributes = {"peer.service": dependency, "dependency.operation": operation}
         self.span: Any = None
@@ -67,7 +74,7 @@ class ClientSpan:
             if isinstance(exc, CircuitOpenError):
                 self.mark_rejected(getattr(exc, "breaker", None))
             elif exc is not None and isinstance(exc, Exception):
-                self.fail(error_type_of(exc), scrub(str(exc)))
+                self.fail(error_type_of(exc), self.scrub(str(exc)))
         finally:
             _current_client.reset(self._client_token)
             otel_context.detach(self._token)
@@ -102,13 +109,15 @@ class OtelTracer(Tracer):
     """The tracing concern's :class:`~flask_gateway_obs.core.contracts.Tracer`.
 
     :param tracer: the OpenTelemetry tracer of client spans (ours or the user's provider's).
+    :param scrub: masks an exception's message for its event.
     """
 
-    def __init__(self, tracer: trace.Tracer) -> None:
+    def __init__(self, tracer: trace.Tracer, scrub: Callable[[str], str]) -> None:
         self.tracer = tracer
+        self.scrub = scrub
 
     def client_span(self, dependency: str, operation: str) -> ClientSpan:
-        return ClientSpan(self.tracer, dependency, operation)
+        return ClientSpan(self.tracer, dependency, operation, self.scrub)
 
     def event(self, name: str, attributes: Mapping[str, Any]) -> None:
         span = trace.get_current_span()

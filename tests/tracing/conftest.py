@@ -107,7 +107,9 @@ def _routes(app: Flask, obs: GatewayObs) -> None:
 
     @app.get("/boom")
     def boom() -> None:
-        raise RuntimeError("lost postgresql://orders:s3cret@db.internal/orders")
+        raise RuntimeError(
+            "lost postgresql://orders:s3cret@db.internal/orders (jwt=eyJhbGciOi.x1y2z3)"
+        )
 
     @app.get("/stream")
     def stream() -> Response:
