@@ -9,7 +9,8 @@ Imported by the extension only when ``GATEWAY_OBS_TRACING_ENABLED`` is on (it ne
   export queue), made the global provider when none is set, so the user's own spans
   and OpenTelemetry's library instrumentations join the request's trace;
 - :class:`~.server.ServerTracing` as request observer, request scope and error listener;
-- :class:`~.tracer.OtelTracer` as ``state.tracer``; a drain hook and an exit flush.
+- :class:`~.tracer.OtelTracer` as ``state.tracer``; a drain hook and an exit flush, each
+  within ``GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,9 @@ if TYPE_CHECKING:
 
     from ..core.state import ObsState
 
-__all__ = ["DEFAULT_ENDPOINT", "EXIT_FLUSH_SECONDS", "init_app", "otlp_endpoint"]
+__all__ = ["DEFAULT_ENDPOINT", "init_app", "otlp_endpoint"]
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
-#: Seconds the exit flush of a process may take (a black-holed collector costs this).
-EXIT_FLUSH_SECONDS = 5.0
 SCOPE_NAME = "flask_gateway_obs"
 #: Loggers of the OTLP exporter whose lines on an export thread are folded (capped).
 _EXPORTER_LOGGERS = (
@@ -128,7 +127,7 @@ class _Exports:
         queues = list(self.queues)
         for queue in queues:
             try:
-                queue.shutdown(EXIT_FLUSH_SECONDS / len(queues))
+                queue.shutdown(queue.exit_timeout / len(queues))
             except Exception:
                 _log.debug("span flush at exit failed", exc_info=True)
 
@@ -180,6 +179,7 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
                 resource,
                 InstrumentationScope(SCOPE_NAME, _version.__version__),
             )
+            queue.exit_timeout = settings.drain_flush_timeout
             _exports().queues.add(queue)
         provider = OwnTracerProvider(
             sampler=ParentBased(TraceIdRatioBased(rate)),

@@ -79,6 +79,8 @@ class SpanQueue(SpanProcessor):
         self.delay = _env_number("OTEL_BSP_SCHEDULE_DELAY", 5000.0) / 1000.0
         self.batch_size = int(_env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512.0))
         self.last_error: str | None = None
+        #: Seconds the flush at process exit may take (a black-holed collector costs this).
+        self.exit_timeout = 5.0
         self._reset()
 
     def _reset(self) -> None:
