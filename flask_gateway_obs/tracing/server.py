@@ -95,8 +95,8 @@ class MessageScrubber:
 
 
 def _note_ids(ctx: RequestContext, trace_id: int, span_id: int, sampled: bool) -> None:
-    ctx.trace_id = f"{trace_id:032x}"
-    ctx.span_id = f"{span_id:016x}"
+    ctx.trace_id = trace_id.to_bytes(16, "big").hex()
+    ctx.span_id = span_id.to_bytes(8, "big").hex()
     ctx.trace_flags = "01" if sampled else "00"
 
 
@@ -211,8 +211,8 @@ class ServerTracing:
             trace_id = _getrandbits(128) or 1
             sampled = (trace_id & _MASK64) < self.sample_bound
         span_id = _getrandbits(64) or 1
-        ctx.trace_id = f"{trace_id:032x}"
-        ctx.span_id = f"{span_id:016x}"
+        ctx.trace_id = trace_id.to_bytes(16, "big").hex()  # cheaper than a format spec
+        ctx.span_id = span_id.to_bytes(8, "big").hex()
         if sampled:
             ctx.trace_flags = "01"
             ctx.span = ServerSpan(
