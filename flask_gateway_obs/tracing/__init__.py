@@ -8,7 +8,7 @@ Imported by the extension only when ``GATEWAY_OBS_TRACING_ENABLED`` is on (it ne
   from the service name and ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``, a bounded
   export queue), made the global provider when none is set, so the user's own spans
   and OpenTelemetry's library instrumentations join the request's trace;
-- :class:`~.server.ServerTracing` as request observer, request scope and error listener;
+- :class:`~.server.ServerTracing` as the request scope and an error listener;
 - :class:`~.tracer.OtelTracer` as ``state.tracer``; a drain hook and an exit flush, each
   within ``GATEWAY_OBS_DRAIN_FLUSH_TIMEOUT``.
 """
@@ -204,7 +204,6 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
         state.ua_max,
         scrub,
     )
-    state.observers.append(server)
     state.request_scope = server
     state.error_listeners.append(server.on_error)
     state.tracer = OtelTracer(client_tracer, scrub)

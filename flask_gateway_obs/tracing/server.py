@@ -1,10 +1,11 @@
 """The SERVER span of each request, inside the extension's WSGI step.
 
-:class:`ServerTracing` is a request observer (the span starts before Flask runs and
-ends with the request), the request scope (the span's context is current while the
-app and a streamed body run, so ``trace.get_current_span()`` and child spans see it)
-and an error listener (a 5xx error becomes an ``exception`` event with its message
-scrubbed). It sets ``ctx.trace_id``, ``ctx.span_id`` and ``ctx.trace_flags``, which the
+:class:`ServerTracing` is the request scope of the WSGI step: the span starts at its
+first ``enter``, before Flask runs; its context is current while the app and each chunk
+of a streamed body run (so ``trace.get_current_span()`` and child spans see it); it ends
+at the first ``exit`` after the request ended (after the last chunk of a streamed
+body). It is also an error listener: a 5xx error becomes an ``exception`` event with
+its message scrubbed. It sets ``ctx.trace_id``, ``ctx.span_id`` and ``ctx.trace_flags``, which the
 log formatters, Sentry and the metrics exemplars read.
 
 Spans of its own are :class:`~.spans.ServerSpan`; with a TracerProvider of the user's
@@ -43,6 +44,7 @@ _MAX_MESSAGE = 1024
 _MAX_CACHED = 1024
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
+_perf_counter = time.perf_counter
 _get_current = otel_context.get_current
 _attach = otel_context.attach
 _detach = otel_context.detach
@@ -119,7 +121,7 @@ class Correlator(SpanProcessor):
 
 
 class ServerTracing:
-    """Observer, scope and error listener of the server spans; see the module's docstring.
+    """Request scope and error listener of the server spans; see the module's docstring.
 
     :param excluded: paths never traced (the extension's own endpoints; a live set).
     :param extractor: reads the incoming trace context through the global propagator.
@@ -157,9 +159,38 @@ class ServerTracing:
         self._hosts: dict[tuple[str | None, str, str], tuple[str, int | None]] = {}
         self._protocols: dict[str, str] = {}
 
-    # --- observer -------------------------------------------------------------------
+    # --- scope: the span starts at the first enter, ends at the exit after the end -----
 
-    def request_started(self, ctx: RequestContext) -> None:
+    def enter(self, ctx: RequestContext) -> Any:
+        span = ctx.span
+        if span is None:
+            if ctx.finished:
+                return None
+            self._start(ctx)
+            span = ctx.span
+            if span is None:  # not traced
+                return None
+        if type(span) is ServerSpan:
+            return _attach(_set_span(span, span.parent_context)), ctx
+        if isinstance(span, Adopted):
+            return None
+        return _attach(_set_span(span)), ctx
+
+    def exit(self, token: Any) -> None:
+        if token is None:
+            return
+        otel_token, ctx = token
+        _detach(otel_token)
+        if not ctx.finished:
+            return  # a streamed body: the span ends with its last chunk or its close
+        span = ctx.span
+        if type(span) is ServerSpan:
+            if span.sampled and not span.ended:
+                self._end(ctx, span)
+        elif span.is_recording():
+            self._end_foreign(ctx, span)
+
+    def _start(self, ctx: RequestContext) -> None:
         environ = ctx.environ
         if environ.get("PATH_INFO") in self.excluded:
             return
@@ -245,28 +276,24 @@ class ServerTracing:
         )
         ctx.span = span
 
-    def request_finished(
-        self, ctx: RequestContext, method: str, route: str | None, status: int, duration: float
-    ) -> None:
-        span = ctx.span
-        if type(span) is ServerSpan:
-            if not span.sampled:
-                return
-            attributes = span.attributes
-            if route is not None:
-                attributes["http.route"] = route
-            attributes["http.response.status_code"] = status
-            if status >= 500:
-                attributes.setdefault("error.type", str(status))
-                if span.status is None:
-                    span.status = _ERROR
-            span.finish(self._name(method, route), span.start_ns + int(duration * 1e9))
-            if self.queue is not None:
-                self.queue.put(span)
-            return
-        if span is None or isinstance(span, Adopted):
-            return
-        # a span of the user's TracerProvider
+    def _end(self, ctx: RequestContext, span: ServerSpan) -> None:
+        route, status = ctx.route, ctx.status
+        attributes = span.attributes
+        if route is not None:
+            attributes["http.route"] = route
+        attributes["http.response.status_code"] = status
+        if status >= 500:
+            attributes.setdefault("error.type", str(status))
+            if span.status is None:
+                span.status = _ERROR
+        duration = _perf_counter() - ctx.start
+        span.finish(self._name(ctx.method, route), span.start_ns + int(duration * 1e9))
+        if self.queue is not None:
+            self.queue.put(span)
+
+    def _end_foreign(self, ctx: RequestContext, span: Any) -> None:
+        """End a span of the user's TracerProvider."""
+        route, status = ctx.route, ctx.status
         if route is not None:
             span.set_attribute("http.route", route)
         span.set_attribute("http.response.status_code", status)
@@ -274,8 +301,8 @@ class ServerTracing:
             if "error.type" not in (getattr(span, "attributes", None) or {}):
                 span.set_attribute("error.type", str(status))
             span.set_status(_ERROR)
-        span.update_name(self._name(method, route))
-        span.end(_time_ns())
+        span.update_name(self._name(ctx.method, route))
+        span.end()
 
     def _name(self, method: str, route: str | None) -> str:
         key = (method, route)
@@ -345,20 +372,6 @@ class ServerTracing:
         if len(self._hosts) < _MAX_CACHED:
             self._hosts[key] = found
         return found
-
-    # --- scope ----------------------------------------------------------------------
-
-    def enter(self, ctx: RequestContext) -> Any:
-        span = ctx.span
-        if type(span) is ServerSpan:
-            return _attach(_set_span(span, span.parent_context))
-        if span is None or isinstance(span, Adopted):
-            return None
-        return _attach(_set_span(span))
-
-    def exit(self, token: Any) -> None:
-        if token is not None:
-            _detach(token)
 
     # --- error listener ---------------------------------------------------------------
 
