@@ -149,6 +149,8 @@ class ServerTracing:
         self.excluded = excluded
         self.extractor = extractor
         self._instrumented: bool | None = None
+        #: Whether the first request found a current context (None: not asked yet).
+        self._outer: bool | None = None
         self.sample_bound = sample_bound
         self.queue = queue
         self.foreign = foreign
@@ -163,18 +165,78 @@ class ServerTracing:
 
     def enter(self, ctx: RequestContext) -> Any:
         span = ctx.span
-        if span is None:
-            if ctx.finished:
+        if span is not None:  # a streamed body's next chunk, or its close
+            if type(span) is ServerSpan:
+                return _attach(_set_span(span, span.parent_context)), ctx
+            if isinstance(span, Adopted):
                 return None
-            self._start(ctx)
-            span = ctx.span
-            if span is None:  # not traced
-                return None
-        if type(span) is ServerSpan:
-            return _attach(_set_span(span, span.parent_context)), ctx
-        if isinstance(span, Adopted):
+            return _attach(_set_span(span)), ctx
+        environ = ctx.environ
+        if ctx.finished or environ.get("PATH_INFO") in self.excluded:
             return None
-        return _attach(_set_span(span)), ctx
+        # Something current already (an outer WSGI instrumentation's span, an outer
+        # middleware's baggage)? Asked on every request once the first one found some.
+        current = None
+        if self._outer is not False:
+            current = _get_current()
+            self._outer = bool(current) or bool(self._outer)
+            if current and self._adopt_outer(ctx, current):
+                return None
+        instrumented = self._instrumented
+        if instrumented is None:  # the app is instrumented before it serves, or never
+            instrumented = self._instrumented = self.instrumented(self.app)
+        if instrumented:
+            ctx.span = Adopted()  # the Flask instrumentation's span comes (Correlator)
+            return None
+        # The incoming context, through the global propagator (see propagation.py).
+        propagator = _get_textmap()
+        extractor = self.extractor
+        if propagator is not extractor.propagator:
+            extractor.learn(propagator)
+        parent_context = None
+        keys = extractor.keys
+        if keys is None:
+            parent_context = propagator.extract(environ, getter=extractor.getter)
+        else:
+            for key in keys:
+                if key in environ:
+                    parent_context = propagator.extract(environ, getter=extractor.getter)
+                    break
+        base = parent_context or current or _EMPTY_CONTEXT
+        if self.foreign is not None:
+            span = self._start_foreign(ctx, parent_context)
+            return _attach(_set_span(span, base)), ctx
+        parent = None
+        if parent_context is not None:
+            found = trace.get_current_span(parent_context).get_span_context()
+            if found.is_valid:
+                parent = found
+        if parent is None:
+            bits = _getrandbits(192)  # a new trace: its ID and the span's in one draw
+            if not bits >> 64 or not bits & _MASK64:  # an all-zero ID is invalid
+                bits |= (1 << 64) | 1
+            trace_id = bits >> 64
+            span_id = bits & _MASK64
+            ids = bits.to_bytes(24, "big").hex()  # cheaper than two format specs
+            ctx.trace_id = ids[:32]
+            ctx.span_id = ids[32:]
+            sampled = (trace_id & _MASK64) < self.sample_bound
+        else:
+            trace_id = parent.trace_id
+            sampled = parent.trace_flags.sampled
+            span_id = _getrandbits(64) or 1
+            ctx.trace_id = trace_id.to_bytes(16, "big").hex()
+            ctx.span_id = span_id.to_bytes(8, "big").hex()
+        if sampled:
+            ctx.trace_flags = "01"
+            span = ServerSpan(
+                trace_id, span_id, True, parent, self._request_attributes(ctx), _time_ns(), base
+            )
+        else:
+            ctx.trace_flags = "00"
+            span = ServerSpan(trace_id, span_id, False, parent, {}, 0, base)
+        ctx.span = span
+        return _attach(_set_span(span, base)), ctx
 
     def exit(self, token: Any) -> None:
         if token is None:
@@ -190,78 +252,18 @@ class ServerTracing:
         elif span.is_recording():
             self._end_foreign(ctx, span)
 
-    def _start(self, ctx: RequestContext) -> None:
-        environ = ctx.environ
-        if environ.get("PATH_INFO") in self.excluded:
-            return
-        current = _get_current()
-        if current:  # something is current already: an outer instrumentation's span?
-            outer = trace.get_current_span(current)
-            outer_context = outer.get_span_context()
-            if outer_context.is_valid:
-                ctx.span = Adopted(outer)
-                _note_ids(
-                    ctx,
-                    outer_context.trace_id,
-                    outer_context.span_id,
-                    outer_context.trace_flags.sampled,
-                )
-                return
-        instrumented = self._instrumented
-        if instrumented is None:  # the app is instrumented before it serves, or never
-            instrumented = self._instrumented = self.instrumented(self.app)
-        if instrumented:
-            ctx.span = Adopted()
-            return
-        # The incoming context, through the global propagator (see propagation.py).
-        propagator = _get_textmap()
-        extractor = self.extractor
-        if propagator is not extractor.propagator:
-            extractor.learn(propagator)
-        parent_context = None
-        keys = extractor.keys
-        if keys is None:
-            parent_context = propagator.extract(environ, getter=extractor.getter)
-        else:
-            for key in keys:
-                if key in environ:
-                    parent_context = propagator.extract(environ, getter=extractor.getter)
-                    break
-        if self.foreign is not None:
-            self._start_foreign(ctx, parent_context)
-            return
-        parent = None
-        if parent_context is not None:
-            found = trace.get_current_span(parent_context).get_span_context()
-            if found.is_valid:
-                parent = found
-        if parent is not None:
-            trace_id = parent.trace_id
-            sampled = parent.trace_flags.sampled
-        else:
-            trace_id = _getrandbits(128) or 1
-            sampled = (trace_id & _MASK64) < self.sample_bound
-        span_id = _getrandbits(64) or 1
-        ctx.trace_id = trace_id.to_bytes(16, "big").hex()  # cheaper than a format spec
-        ctx.span_id = span_id.to_bytes(8, "big").hex()
-        if sampled:
-            ctx.trace_flags = "01"
-            ctx.span = ServerSpan(
-                trace_id,
-                span_id,
-                True,
-                parent,
-                self._request_attributes(ctx),
-                _time_ns(),
-                parent_context or current or _EMPTY_CONTEXT,
-            )
-        else:
-            ctx.trace_flags = "00"
-            ctx.span = ServerSpan(
-                trace_id, span_id, False, parent, {}, 0, parent_context or current or _EMPTY_CONTEXT
-            )
+    def _adopt_outer(self, ctx: RequestContext, current: Context) -> bool:
+        outer = trace.get_current_span(current)
+        outer_context = outer.get_span_context()
+        if not outer_context.is_valid:
+            return False
+        ctx.span = Adopted(outer)
+        _note_ids(
+            ctx, outer_context.trace_id, outer_context.span_id, outer_context.trace_flags.sampled
+        )
+        return True
 
-    def _start_foreign(self, ctx: RequestContext, parent_context: Any) -> None:
+    def _start_foreign(self, ctx: RequestContext, parent_context: Any) -> Any:
         method = ctx.environ.get("REQUEST_METHOD", "GET")
         assert self.foreign is not None
         span = self.foreign.start_span(
@@ -275,6 +277,7 @@ class ServerTracing:
             ctx, span_context.trace_id, span_context.span_id, span_context.trace_flags.sampled
         )
         ctx.span = span
+        return span
 
     def _end(self, ctx: RequestContext, span: ServerSpan) -> None:
         route, status = ctx.route, ctx.status

@@ -222,3 +222,40 @@ def test_no_global_provider_makes_ours_global(receiver: OtlpReceiver) -> None:
     server = next(s for s in spans if s.kind == "SERVER")
     assert work.parent_span_id == server.span_id
     assert work.trace_id == server.trace_id
+
+
+def test_outer_wsgi_span_is_adopted(make_app: Any, receiver: OtlpReceiver) -> None:
+    """A span made current by a WSGI layer outside the extension's step (an outer
+    instrumentation) is the request's: no span of ours, log lines carry its IDs."""
+    from opentelemetry import context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from flask_gateway_obs.testing import capture_logs
+
+    app = make_app(
+        {
+            "GATEWAY_OBS_TRACING_ENABLED": True,
+            "GATEWAY_OBS_TRACING_OTLP_ENDPOINT": receiver.endpoint,
+        }
+    )
+    outer = SpanContext(
+        int(PARENT_TRACE, 16), 0x1111222233334444, is_remote=False, trace_flags=TraceFlags(1)
+    )
+    inner = app.wsgi_app
+
+    def outer_layer(environ: Any, start_response: Any) -> Any:
+        token = context.attach(trace.set_span_in_context(NonRecordingSpan(outer)))
+        try:
+            return inner(environ, start_response)
+        finally:
+            context.detach(token)
+
+    app.wsgi_app = outer_layer  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        app.test_client().get("/nowhere")
+    from .conftest import flush
+
+    flush(app)
+    access = logs.find(logger="flask_gateway_obs.access")[0]
+    assert (access["trace_id"], access["span_id"]) == (PARENT_TRACE, "1111222233334444")
+    assert receiver.requests == 0
