@@ -230,11 +230,11 @@ class ServerTracing:
         if sampled:
             ctx.trace_flags = "01"
             span = ServerSpan(
-                trace_id, span_id, True, parent, self._request_attributes(ctx), _time_ns(), base
+                trace_id, span_id, base, parent, self._request_attributes(ctx), _time_ns()
             )
         else:
             ctx.trace_flags = "00"
-            span = ServerSpan(trace_id, span_id, False, parent, {}, 0, base)
+            span = ServerSpan(trace_id, span_id, base, parent)
         ctx.span = span
         return _attach(_set_span(span, base)), ctx
 

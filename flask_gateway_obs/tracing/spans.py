@@ -52,25 +52,20 @@ class ServerSpan(trace.Span):
 
     :param trace_id: the trace's ID (the parent's, or a new one).
     :param span_id: this span's ID.
-    :param sampled: whether the span is recorded and exported.
-    :param parent: the remote parent's context, if the request carried one.
-    :param attributes: the span's attributes (owned by the span from here on).
-    :param start_ns: start time, ns since the epoch (0 when not sampled).
     :param parent_context: the OpenTelemetry context to attach the span under.
+    :param parent: the remote parent's context, if the request carried one.
+    :param attributes: the span's attributes (owned by the span from here on); given, the
+        span is sampled (recorded and exported), else it records nothing.
+    :param start_ns: start time, ns since the epoch (sampled spans).
     """
 
     # Slots for what every request sets; the rest are class defaults, replaced on the
     # instance (the API's ``Span`` has no slots) only when a sampled span needs them.
-    __slots__ = (
-        "_context",
-        "attributes",
-        "parent",
-        "parent_context",
-        "sampled",
-        "span_id",
-        "start_ns",
-        "trace_id",
-    )
+    __slots__ = ("_context", "parent_context", "span_id", "trace_id")
+    sampled = False
+    parent: SpanContext | None = None
+    attributes: dict[str, Any] = {}  # never written: a sampled span gets its own
+    start_ns = 0
     name = ""
     end_ns = 0
     ended = False
@@ -82,21 +77,23 @@ class ServerSpan(trace.Span):
         self,
         trace_id: int,
         span_id: int,
-        sampled: bool,
-        parent: SpanContext | None,
-        attributes: dict[str, Any],
-        start_ns: int,
         parent_context: Any = None,
+        parent: SpanContext | None = None,
+        attributes: dict[str, Any] | None = None,
+        start_ns: int = 0,
     ) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
-        self.sampled = sampled
-        self.parent = parent
-        self.attributes = attributes
-        self.start_ns = start_ns
         self._context: SpanContext | None = None
         #: The context the span is attached under (the incoming one, with its baggage).
         self.parent_context = parent_context
+        if attributes is not None:  # sampled: recorded and exported
+            self.sampled = True
+            self.parent = parent
+            self.attributes = attributes
+            self.start_ns = start_ns
+        elif parent is not None:
+            self.parent = parent
 
     # --- the Span API --------------------------------------------------------------
 

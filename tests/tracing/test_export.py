@@ -166,7 +166,7 @@ def _queue(
 
 
 def _span(number: int) -> ServerSpan:
-    span = ServerSpan(number, number, True, None, {"n": number}, 1)
+    span = ServerSpan(number, number, None, None, {"n": number}, 1)
     span.finish(f"span {number}", 2)
     return span
 
