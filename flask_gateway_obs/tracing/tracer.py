@@ -34,11 +34,21 @@ class ClientSpan:
     """A CLIENT span around one call to a dependency, current while the call runs.
 
     An exception leaving the block is an ``exception`` event (message scrubbed) and
-    sets status ERROR; an open breaker's refusal (:class:`CircuitOpenError`, or
-    :meth:`OtelTracer.rejected`) marks the span ``circuit_breaker.rejected``.
+    sets status ERROR (for the :class:`CircuitOpenError` of a breaker's tripping call, the
+    failure behind it); an open breaker's refusal (:meth:`OtelTracer.rejected`, or a
+    :class:`CircuitOpenError` of its own) marks the span ``circuit_breaker.rejected``.
     """
 
-    __slots__ = ("_client_token", "_token", "attributes", "name", "scrub", "span", "tracer")
+    __slots__ = (
+        "_client_token",
+        "_token",
+        "attributes",
+        "name",
+        "rejected",
+        "scrub",
+        "span",
+        "tracer",
+    )
 
     def __init__(
         self,
@@ -52,6 +62,7 @@ class ClientSpan:
         self.name = f"{dependency} {operation}"
         self.attributes = {"peer.service": dependency, "dependency.operation": operation}
         self.span: Any = None
+        self.rejected = False
         self._token: Any = None
         self._client_token: Any = None
 
@@ -71,10 +82,13 @@ class ClientSpan:
     ) -> None:
         span = self.span
         try:
-            if isinstance(exc, CircuitOpenError):
-                self.mark_rejected(getattr(exc, "breaker", None))
+            if isinstance(exc, CircuitOpenError) and exc.__cause__ is None:
+                if not self.rejected:  # refused, nothing sent
+                    self.mark_rejected(exc.breaker)
             elif exc is not None and isinstance(exc, Exception):
-                self.fail(error_type_of(exc), self.scrub(str(exc)))
+                # A breaker's tripping call raises CircuitOpenError from the real failure.
+                error = (exc.__cause__ if isinstance(exc, CircuitOpenError) else None) or exc
+                self.fail(error_type_of(error), self.scrub(str(error)))
         finally:
             _current_client.reset(self._client_token)
             otel_context.detach(self._token)
@@ -95,6 +109,7 @@ class ClientSpan:
 
     def mark_rejected(self, breaker: str | None) -> None:
         """The call was refused by an open breaker: nothing was sent."""
+        self.rejected = True
         span = self.span
         if span is None or not span.is_recording():
             return
