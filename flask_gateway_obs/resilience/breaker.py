@@ -719,6 +719,7 @@ class CircuitBreaker:
             if name == pybreaker.STATE_OPEN:
                 wait = self._until_half_open()
                 if wait > 0:
+                    self._rejected()
                     raise CircuitOpenError(self.name, retry_after=wait)
                 self._cb.half_open()
                 state = self._cb._state
@@ -726,6 +727,7 @@ class CircuitBreaker:
             trial = name == pybreaker.STATE_HALF_OPEN
             if trial:
                 if self._trials >= self.settings.half_open_max_calls:
+                    self._rejected()
                     raise CircuitOpenError(self.name, retry_after=_TRIALS_BUSY_RETRY_AFTER)
                 self._trials += 1
             if self._user_listeners:
@@ -915,6 +917,24 @@ class CircuitBreaker:
         except Exception:  # instrumentation never breaks a call
             pass
         self._report_state(new)
+        tracer = getattr(self._owner, "tracer", None)  # a span event when tracing is on
+        if tracer is not None:
+            with contextlib.suppress(Exception):
+                tracer.event(
+                    "circuit_breaker.state_change",
+                    {
+                        "circuit_breaker.name": self.name,
+                        "circuit_breaker.from_state": old or "",
+                        "circuit_breaker.to_state": new,
+                    },
+                )
+
+    def _rejected(self) -> None:
+        """Mark the current (client) span: this breaker refused the call."""
+        tracer = getattr(self._owner, "tracer", None)
+        if tracer is not None:
+            with contextlib.suppress(Exception):
+                tracer.rejected(self.name)
 
 
 def _no_call() -> None:
