@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from flask import Flask
 
 from flask_gateway_obs import CircuitOpenError
@@ -110,3 +112,58 @@ def test_tracing_off_tracer_is_a_no_op(make_app) -> None:  # type: ignore[no-unt
     headers: dict[str, str] = {}
     assert tracer.inject(headers) is False
     assert headers == {}
+
+
+def test_breakers_and_retries_report_span_events(
+    traced_app: TracedApp, receiver: OtlpReceiver
+) -> None:
+    """A retry is an event on the current span; a breaker opening is an event; a call the
+    open breaker refuses marks its client span rejected."""
+    from flask_gateway_obs import GatewayObs
+
+    app = traced_app(
+        {
+            "GATEWAY_OBS_BREAKERS": {"pay": {"fail_max": 1, "reset_timeout": 60}},
+            "GATEWAY_OBS_RETRY_POLICIES": {"q": {"max_attempts": 2, "base_delay": 0.001}},
+        }
+    )
+    obs = GatewayObs()  # a handle: it finds the current app's state
+
+    def fail() -> None:
+        raise ConnectionError("upstream down")
+
+    @app.get("/retried")
+    def retried() -> str:
+        with contextlib.suppress(ConnectionError):
+            obs.retry("q").call(fail)
+        return "ok"
+
+    @app.get("/broken")
+    def broken() -> str:
+        for _ in range(2):  # the first call fails and opens it, the second is refused
+            try:
+                with obs.track_dependency("pay", "POST /charge"):
+                    obs.circuit_breaker("pay").call(fail)
+            except (ConnectionError, CircuitOpenError):
+                pass
+        return "ok"
+
+    client = app.test_client()
+    client.get("/retried")
+    client.get("/broken")
+    flush(app)
+    spans = receiver.wait_for(4)
+    retried_span = next(s for s in spans if s.name == "GET /retried")
+    attempt = retried_span.event("retry.attempt")
+    assert attempt["retry.operation"] == "q"
+    assert attempt["retry.attempt"] == 1
+    assert attempt["error.type"] == "ConnectionError"
+    calls = [s for s in spans if s.kind == "CLIENT"]
+    assert len(calls) == 2
+    opened, refused = calls
+    change = opened.event("circuit_breaker.state_change")
+    assert change["circuit_breaker.name"] == "pay"
+    assert change["circuit_breaker.to_state"] == "open"
+    assert opened.attributes["error.type"] == "ConnectionError"
+    assert refused.attributes["circuit_breaker.rejected"] is True
+    assert refused.status == "ERROR"
