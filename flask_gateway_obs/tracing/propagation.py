@@ -14,7 +14,6 @@ from typing import Any
 
 from opentelemetry import propagate
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -67,16 +66,6 @@ class Extractor:
         # headers they name in ``fields``; any other propagator is always asked.
         if type(propagator) in _SKIPPABLE and set(propagator.fields) <= _W3C_HEADERS:
             self.keys = tuple(self.getter.environ_key(field) for field in propagator.fields)
-
-    def extract(self, environ: Mapping[str, Any]) -> Context | None:
-        """The incoming context, or ``None`` when the request carried none."""
-        propagator = propagate.get_global_textmap()
-        if propagator is not self.propagator:
-            self.learn(propagator)
-        keys = self.keys
-        if keys is not None and not any(key in environ for key in keys):
-            return None
-        return propagator.extract(environ, getter=self.getter)
 
 
 def inject(carrier: MutableMapping[str, str]) -> None:
