@@ -28,6 +28,7 @@ from .parsers import PREFIX, ConfigError, Parser, _Invalid, _Problems, parse_opt
 from .ratelimit import RatelimitKeys, RatelimitSettings
 from .ratelimit import cross_checks as ratelimit_cross_checks
 from .resilience import BREAKER_OPTIONS, RETRY_OPTIONS, ResilienceKeys, ResilienceSettings
+from .resilience import cross_checks as resilience_cross_checks
 from .sentry import SENTRY_OFF, SentryKeys, SentrySettings
 from .sentry import cross_checks as sentry_cross_checks
 from .slo import SloKeys, SloSettings
@@ -89,6 +90,7 @@ _CROSS_CHECKS: tuple[Callable[[Settings], list[tuple[str, Any, str]]], ...] = (
     sentry_cross_checks,
     ratelimit_cross_checks,
     slo_cross_checks,
+    resilience_cross_checks,
 )
 
 

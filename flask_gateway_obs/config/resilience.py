@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from .parsers import (
     PREFIX,
@@ -215,3 +217,65 @@ class ResilienceKeys:
     RETRY_DEADLINE = PREFIX + "RETRY_DEADLINE"
     RETRY_RESPECT_RETRY_AFTER = PREFIX + "RETRY_RESPECT_RETRY_AFTER"
     RETRY_POLICIES = PREFIX + "RETRY_POLICIES"
+
+
+def breaker_redis_url(settings: Any) -> tuple[str, str] | None:
+    """``(key, url)`` of the breakers' Redis: ``GATEWAY_OBS_BREAKER_REDIS_URL``, else
+    ``GATEWAY_OBS_REDIS_URL``; ``None`` without either."""
+    if settings.breaker_redis_url:
+        return ResilienceKeys.BREAKER_REDIS_URL, str(settings.breaker_redis_url)
+    if settings.redis_url:
+        return PREFIX + "REDIS_URL", str(settings.redis_url)
+    return None
+
+
+def uses_breaker_redis(settings: Any) -> bool:
+    """Whether the config asks for Redis breaker storage (by default or for one breaker)."""
+    if settings.breaker_storage == "redis":
+        return True
+    return any(o.get("storage") == "redis" for o in (settings.breakers or {}).values())
+
+
+def decodes_responses(url: str) -> bool:
+    """Whether a Redis URL asks for ``decode_responses`` (as redis-py reads the query)."""
+    values = parse_qs(urlsplit(url).query).get("decode_responses", [])
+    return any(v.strip().upper() not in ("", "0", "F", "FALSE", "N", "NO") for v in values)
+
+
+def cross_checks(settings: Any) -> list[tuple[str, Any, str]]:
+    """Rules between breaker keys: Redis storage needs a usable Redis URL."""
+    problems: list[tuple[str, Any, str]] = []
+    if not uses_breaker_redis(settings):
+        return problems
+    key = ResilienceKeys.BREAKER_STORAGE
+    if settings.breaker_storage != "redis":
+        key = ResilienceKeys.BREAKERS
+    found = breaker_redis_url(settings)
+    if found is None:
+        problems.append(
+            (
+                key,
+                "redis",
+                "'memory', or 'redis' together with GATEWAY_OBS_BREAKER_REDIS_URL "
+                "or GATEWAY_OBS_REDIS_URL",
+            )
+        )
+    elif decodes_responses(found[1]):
+        problems.append(
+            (
+                found[0],
+                found[1],  # ConfigError masks URL credentials
+                "a Redis URL without decode_responses=true (breaker state is read "
+                "as bytes); give other users of Redis their own URL",
+            )
+        )
+    if importlib.util.find_spec("redis") is None:
+        problems.append(
+            (
+                key,
+                "redis",
+                "'memory' unless the redis package is installed "
+                "(pip install 'flask-gateway-obs[redis]')",
+            )
+        )
+    return problems
