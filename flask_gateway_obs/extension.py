@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from .health import CheckFunc, HealthReport, HealthSetup
     from .metrics import DependencyTracker
     from .ratelimit import DeferredLimiter
-    from .resilience.breaker import CircuitBreaker
-    from .resilience.retry import RetryPolicy
+    from .resilience.circuit import CircuitBreaker
+    from .resilience.policy import RetryPolicy
 
 __all__ = ["GatewayObs"]
 
@@ -329,7 +329,7 @@ class GatewayObs:
     def resilient(self, name: str, **kwargs: Any) -> Callable[[_F], _F]:
         """Decorator: retry (policy ``name``) around circuit breaker ``name``, resolved per
         call so it works at import time; see :func:`flask_gateway_obs.resilience.resilient`."""
-        from .resilience import resilient
+        from .resilience.compose import resilient
 
         return resilient(name, obs=self, **kwargs)
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,9 +54,6 @@ def _reset_global_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     and no process-wide breakers, and leaves root logging as it found it."""
     for name in ("SENTRY_DSN", "SENTRY_ENVIRONMENT", "SENTRY_RELEASE"):
         monkeypatch.delenv(name, raising=False)
-    resilience = sys.modules.get("flask_gateway_obs.resilience")  # only if a test loaded it
-    if resilience is not None:
-        resilience.reset_default()  # breakers used outside an app context start afresh
     reset_process()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

@@ -1,12 +1,9 @@
-"""Retry policies: finite attempts, capped jittered backoff, the deadline, which errors are
-retried, Retry-After, the original error re-raised, logs, metrics and retry around a breaker."""
+"""Retry policies: attempts, backoff and jitter, the deadline, what is retried, Retry-After,
+logs and metrics, config and the decorator forms, coroutines."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import email.utils
-import threading
 from typing import Any
 
 import pytest
@@ -24,86 +21,19 @@ from flask_gateway_obs import (
     ServiceUnavailableError,
     retry,
 )
+from flask_gateway_obs import resilience as resilience_module
 from flask_gateway_obs.config import Keys
-from flask_gateway_obs.resilience.breaker import CallTimeoutError
-from flask_gateway_obs.resilience.retry import RetryPolicy, is_transient, retry_after_of
 from flask_gateway_obs.testing import capture_logs, metric_value
 
-from .conftest import MakeApp
-
-RETRY_LOGGER = "flask_gateway_obs.retry"
-
-
-class Time:
-    """A fake monotonic clock that sleeping (and each attempt) moves forward."""
-
-    def __init__(self, attempt_cost: float = 0.0) -> None:
-        self.now = 100.0
-        self.attempt_cost = attempt_cost
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(float(seconds))
-        self.now += seconds
-
-
-class Flaky:
-    """Fails with ``errors`` in turn (one per call), then returns ``"ok"``."""
-
-    def __init__(self, *errors: BaseException, time: Time | None = None) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-        self.raised: list[BaseException] = []
-        self.time = time
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.time is not None:
-            self.time.now += self.time.attempt_cost
-        if self.errors:
-            error = self.errors.pop(0)
-            self.raised.append(error)
-            raise error
-        return "ok"
-
-
-def always(error_type: type[BaseException], n: int = 50) -> list[BaseException]:
-    return [error_type(f"failure {i}") for i in range(n)]
-
-
-@pytest.fixture
-def bare_app(make_app: MakeApp) -> Flask:
-    # The extension holds its apps weakly: this fixture keeps the app alive.
-    return make_app(init=False)
-
-
-@pytest.fixture
-def obs(bare_app: Flask) -> GatewayObs:
-    extension = GatewayObs()
-    extension.init_app(bare_app)
-    return extension
-
-
-@pytest.fixture
-def app(obs: GatewayObs, bare_app: Flask) -> Flask:
-    return bare_app
-
-
-@pytest.fixture
-def fake() -> Time:
-    return Time()
-
-
-def policy(app: Flask, fake: Time, name: str | None = None, **options: Any) -> RetryPolicy:
-    options.setdefault("sleep", fake.sleep)
-    options.setdefault("clock", fake.clock)
-    return app.extensions["gateway_obs"].resilience.retries.get(name, **options)
-
-
-# --- attempts, delays, deadline -------------------------------------------------------------
+from ..conftest import MakeApp
+from .helpers import (
+    RETRY_LOGGER,
+    Flaky,
+    Time,
+    always,
+    http_error,
+    policy,
+)
 
 
 def test_transient_failures_are_retried_until_success(app: Flask, fake: Time) -> None:
@@ -214,51 +144,6 @@ def test_an_attempt_that_would_not_fit_before_the_deadline_is_not_started(app: F
     assert fake.sleeps == [0.2]
 
 
-def test_breaker_timeout_is_capped_to_what_is_left_of_the_deadline(
-    obs: GatewayObs, app: Flask
-) -> None:
-    """Retry around a breaker with a 5 s timeout: an attempt with 0.1 s of the deadline left
-    waits 0.1 s; that timeout is the caller's, so the breaker does not count it."""
-    fake = Time()
-    release = threading.Event()
-    attempts: list[str] = []
-
-    def upstream() -> str:
-        attempts.append("called")
-        if len(attempts) == 1:
-            fake.now += 0.05
-            raise ConnectionError("refused")  # then a 1.85 s sleep: 1.9 s of 2 s spent
-        release.wait(5)
-        return "late"
-
-    fetch = obs.resilient(
-        "capped",
-        retry={
-            "max_attempts": 2,
-            "deadline": 2.0,
-            "base_delay": 1.85,
-            "max_delay": 2.0,
-            "jitter": "none",
-            "sleep": fake.sleep,
-            "clock": fake.clock,
-        },
-        breaker={"timeout": 5, "fail_max": 10},
-    )(upstream)
-    with app.app_context():
-        with pytest.raises(CallTimeoutError) as caught:
-            fetch()
-        release.set()
-        cb = obs.circuit_breaker("capped")
-    assert caught.value.timeout == pytest.approx(0.1)
-    assert caught.value.by_deadline
-    assert len(attempts) == 2
-    assert fake.sleeps == [1.85]
-    assert cb.failure_count == 1  # the refusal counted; the capped timeout did not
-
-
-# --- what is retried ----------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     "error",
     [
@@ -300,81 +185,6 @@ def test_transient_errors_are_retried(app: Flask, fake: Time, error: BaseExcepti
     assert flaky.calls == 2
 
 
-def test_optional_libraries_connection_errors_are_transient() -> None:
-    """requests', redis' and psycopg2's connection errors count as transient."""
-    import psycopg2
-    import redis
-
-    assert is_transient(requests.exceptions.ConnectionError("refused"))
-    assert is_transient(requests.exceptions.ReadTimeout("slow"))
-    assert is_transient(redis.exceptions.ConnectionError("refused"))
-    assert is_transient(redis.exceptions.TimeoutError("slow"))
-    assert is_transient(psycopg2.OperationalError("could not connect"))
-    assert not is_transient(redis.exceptions.ResponseError("WRONGTYPE"))
-
-
-def test_async_breaker_timeout_is_capped_to_what_is_left_of_the_deadline(
-    obs: GatewayObs, app: Flask
-) -> None:
-    """The same for a coroutine: the capped wait cancels the attempt after 0.1 s."""
-    fake = Time()
-    cancelled: list[bool] = []
-
-    async def upstream() -> str:
-        if fake.sleeps == []:
-            fake.now += 0.05
-            raise ConnectionError("refused")
-        try:
-            await asyncio.sleep(5)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-        return "late"
-
-    fetch = obs.resilient(
-        "capped_async",
-        retry={
-            "max_attempts": 2,
-            "deadline": 2.0,
-            "base_delay": 1.85,
-            "max_delay": 2.0,
-            "jitter": "none",
-            "sleep": fake.sleep,
-            "clock": fake.clock,
-        },
-        breaker={"timeout": 5, "fail_max": 10},
-    )(upstream)
-
-    async def scenario() -> None:
-        with pytest.raises(CallTimeoutError) as caught:
-            await fetch()
-        assert caught.value.timeout == pytest.approx(0.1)
-        await asyncio.sleep(0)
-
-    with app.app_context():
-        asyncio.run(scenario())
-        assert obs.circuit_breaker("capped_async").failure_count == 1
-    assert cancelled == [True]
-
-
-def test_asyncio_and_futures_timeouts_are_transient_on_every_python(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """As on Python 3.10, where asyncio's and concurrent.futures' TimeoutError are classes of
-    their own (not the builtin TimeoutError), both are still retried."""
-
-    class AsyncioTimeoutError(Exception):
-        """asyncio.TimeoutError before Python 3.11."""
-
-    class FuturesTimeoutError(Exception):
-        """concurrent.futures.TimeoutError before Python 3.11."""
-
-    monkeypatch.setattr(asyncio, "TimeoutError", AsyncioTimeoutError)
-    monkeypatch.setattr(concurrent.futures, "TimeoutError", FuturesTimeoutError)
-    assert is_transient(AsyncioTimeoutError())
-    assert is_transient(FuturesTimeoutError())
-
-
 def test_retry_on_and_retry_if_replace_the_default_choice(app: Flask, fake: Time) -> None:
     """retry_on retries those types only; retry_if decides instead; never a CircuitOpenError."""
     assert policy(app, fake, retry_on=KeyError).call(Flaky(KeyError("k"))) == "ok"
@@ -386,9 +196,6 @@ def test_retry_on_and_retry_if_replace_the_default_choice(app: Flask, fake: Time
     with pytest.raises(CircuitOpenError):
         policy(app, fake, retry_if=lambda e: True).call(opened)
     assert opened.calls == 1
-
-
-# --- Retry-After ----------------------------------------------------------------------------------
 
 
 def test_retry_after_of_the_error_is_honoured(app: Flask, fake: Time) -> None:
@@ -407,33 +214,13 @@ def test_retry_after_beyond_max_delay_ends_the_retries(app: Flask, fake: Time) -
     assert logs.find(reason="retry_after")
 
 
-def _http_error(status: int, retry_after: str | None) -> requests.HTTPError:
-    response = requests.Response()
-    response.status_code = status
-    if retry_after is not None:
-        response.headers["Retry-After"] = retry_after
-    return requests.HTTPError(f"{status}", response=response)
-
-
 def test_retry_after_header_of_a_requests_response_is_honoured(app: Flask, fake: Time) -> None:
     """requests' HTTPError: 503 is transient and its Retry-After header sets the sleep."""
-    flaky = Flaky(_http_error(503, "2"), _http_error(404, None))
+    flaky = Flaky(http_error(503, "2"), http_error(404, None))
     with pytest.raises(requests.HTTPError):
         policy(app, fake, max_delay=5, jitter="none", base_delay=0.1).call(flaky)
     assert fake.sleeps == [2.0]
     assert flaky.calls == 2  # the 404 that followed was not retried
-
-
-def test_retry_after_as_an_http_date() -> None:
-    """Retry-After may be an HTTP date; garbage and past dates are handled."""
-    moment = email.utils.formatdate(1_000_030, usegmt=True)
-    assert retry_after_of(_http_error(503, moment), now=lambda: 1_000_000) == pytest.approx(30)
-    assert retry_after_of(_http_error(503, "soon")) is None
-    assert retry_after_of(_http_error(503, moment), now=lambda: 2_000_000) == 0.0
-    assert retry_after_of(ValueError()) is None
-
-
-# --- logs and metrics ---------------------------------------------------------------------------
 
 
 def test_each_retry_is_logged_with_attempt_delay_type_and_request_id(make_app: MakeApp) -> None:
@@ -478,9 +265,6 @@ def test_attempts_and_outcomes_are_counted(app: Flask, fake: Time) -> None:
     assert [count(o) for o in ("retry", "success", "exhausted", "failure")] == [2, 2, 1, 1]
 
 
-# --- config and decorator forms -----------------------------------------------------------------
-
-
 def test_named_policies_come_from_config(make_app: MakeApp, monkeypatch: Any) -> None:
     """GATEWAY_OBS_RETRY_POLICIES (also as JSON from the environment) over GATEWAY_OBS_RETRY_*."""
     monkeypatch.setenv(
@@ -490,7 +274,7 @@ def test_named_policies_come_from_config(make_app: MakeApp, monkeypatch: Any) ->
     app = make_app(init=False)
     app.config.from_prefixed_env()
     GatewayObs(app)
-    retries = app.extensions["gateway_obs"].resilience.retries
+    retries = resilience_module.of_state(app.extensions["gateway_obs"]).retries
     rates, other = retries.get("rates").settings, retries.get("other").settings
     assert (rates.max_attempts, rates.jitter, rates.base_delay) == (5, "equal", 0.3)
     assert (other.max_attempts, other.jitter) == (3, "full")
@@ -561,50 +345,3 @@ def test_async_functions_are_retried(app: Flask) -> None:
     with app.app_context():
         assert asyncio.run(fetch()) == "ok"
     assert slept == [0.1, 0.2]
-
-
-# --- retry around a breaker -----------------------------------------------------------------------
-
-
-def test_retries_stop_once_the_breaker_opens(obs: GatewayObs, app: Flask, fake: Time) -> None:
-    """Retry wraps breaker: the attempt that opens it ends the retries with CircuitOpenError."""
-    flaky = Flaky(*always(ConnectionError))
-    fetch = obs.resilient(
-        "payments",
-        retry={"max_attempts": 10, "sleep": fake.sleep, "clock": fake.clock},
-        breaker={"fail_max": 2},
-    )(flaky)
-    with pytest.raises(CircuitOpenError):
-        fetch()
-    assert flaky.calls == 2
-    assert len(fake.sleeps) == 1
-    with pytest.raises(CircuitOpenError):
-        fetch()
-    assert flaky.calls == 2
-    assert metric_value(app, "retry_attempts_total", operation="payments", outcome="failure") == 2
-
-
-def test_resilient_fallback_answers_after_the_retries(
-    obs: GatewayObs, app: Flask, fake: Time
-) -> None:
-    """The fallback sits outside the retries: it answers once they are spent."""
-    flaky = Flaky(*always(TimeoutError))
-    fetch = obs.resilient(
-        "rates",
-        retry={"max_attempts": 3, "sleep": fake.sleep, "clock": fake.clock},
-        breaker={"fail_max": 10},
-        fallback=lambda error: f"cached ({type(error).__name__})",
-    )(flaky)
-    with app.app_context():
-        assert fetch() == "cached (TimeoutError)"
-    assert flaky.calls == 3
-
-
-def test_resilient_without_retry_or_breaker(obs: GatewayObs) -> None:
-    """retry=False or breaker=False leaves that layer out."""
-    flaky = Flaky(ConnectionError())
-    with pytest.raises(ConnectionError):
-        obs.resilient("solo", retry=False)(flaky)()
-    assert obs.resilient("solo2", breaker=False, retry={"sleep": lambda s: None})(flaky)() == "ok"
-    with pytest.raises(TypeError):
-        obs.resilient("bad", retry=3)  # type: ignore[arg-type]
