@@ -25,6 +25,7 @@ from .config import (
     load_settings,
     unreceived_environment,
 )
+from .config.resilience import uses_breaker_redis
 from .core import drain
 from .core.context import current_request
 from .core.middleware import ObsMiddleware
@@ -115,9 +116,10 @@ class GatewayObs:
         from . import health
 
         health.init_app(app, state, self._health_setup())
-        from . import resilience
+        if uses_breaker_redis(settings):  # else made on first use (state.resilience)
+            from . import resilience
 
-        resilience.init_app(app, state)
+            resilience.init_app(app, state)
         from . import ratelimit
 
         ratelimit.init_app(app, state, self)
