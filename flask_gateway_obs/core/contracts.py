@@ -44,6 +44,21 @@ class Recorder:
     def breaker_state(self, breaker: str, state: int) -> None:
         """Set ``circuit_breaker_state{breaker}``: 0 closed, 1 open, 2 half-open."""
 
+    def breaker_call(self, breaker: str, outcome: str) -> None:
+        """Count one call in ``circuit_breaker_calls_total{breaker,outcome}``: ``success``
+        (the dependency answered, a 4xx included), ``failure`` (it counts against the
+        breaker) or ``rejected`` (refused without calling: open, or no trial slot)."""
+
+    def breaker_failure_rate(self, breaker: str, rate: float) -> None:
+        """Set ``circuit_breaker_failure_rate{breaker}``: the share (0 to 1) of failed calls
+        in the breaker's ``count:``/``time:`` window, in this process."""
+
+    def bulkhead_in_use(self, bulkhead: str, calls: int) -> None:
+        """Set ``bulkhead_in_use{bulkhead}``: the calls running inside it now, in this process."""
+
+    def bulkhead_rejected(self, bulkhead: str) -> None:
+        """Count one call refused by a full bulkhead in ``bulkhead_rejected_total{bulkhead}``."""
+
     def retry_attempt(self, operation: str, outcome: str) -> None:
         """Count ``retry_attempts_total{operation,outcome}``."""
 
