@@ -143,6 +143,35 @@ class AppMetrics:
             ("breaker",),
             multiprocess_mode="livemostrecent",
         )
+        self.breaker_calls = build(
+            Counter,
+            "circuit_breaker_calls_total",
+            "Calls through each circuit breaker by outcome: success (the dependency "
+            "answered, a 4xx included), failure (counted against the breaker), rejected "
+            "(refused while open, or with no half-open trial slot free).",
+            ("breaker", "outcome"),
+        )
+        self.breaker_failure_rate = build(
+            Gauge,
+            "circuit_breaker_failure_rate",
+            "Share (0 to 1) of failed calls in the window of each circuit breaker with a "
+            "count: or time: window, per worker.",
+            ("breaker",),
+            multiprocess_mode="livemax",
+        )
+        self.bulkhead_in_use = build(
+            Gauge,
+            "bulkhead_in_use",
+            "Calls running inside each bulkhead right now (summed over live workers).",
+            ("bulkhead",),
+            multiprocess_mode="livesum",
+        )
+        self.bulkhead_rejected = build(
+            Counter,
+            "bulkhead_rejected_total",
+            "Calls refused by a full bulkhead (503) after waiting up to its max_wait.",
+            ("bulkhead",),
+        )
         self.retry_attempts = build(
             Counter,
             "retry_attempts_total",

@@ -98,6 +98,10 @@ class MetricsRecorder(Recorder):
         self._errors = bounded(metrics.errors)
         self._dependencies = bounded(metrics.dependency_latency)
         self._breakers = bounded(metrics.breaker_state)
+        self._breaker_calls = bounded(metrics.breaker_calls)
+        self._breaker_rates = bounded(metrics.breaker_failure_rate)
+        self._bulkheads = bounded(metrics.bulkhead_in_use)
+        self._bulkhead_rejections = bounded(metrics.bulkhead_rejected)
         self._retries = bounded(metrics.retry_attempts)
         self._rate_limited = bounded(metrics.rate_limit_exceeded)
         self._health = bounded(metrics.health_status)
@@ -134,6 +138,34 @@ class MetricsRecorder(Recorder):
             self._breakers.get(breaker).set(state)
         except Exception:
             _log.debug("metrics: breaker_state() failed", exc_info=True)
+
+    def breaker_call(self, breaker: str, outcome: str) -> None:
+        """Count ``circuit_breaker_calls_total{breaker,outcome}``."""
+        try:
+            self._breaker_calls.get(breaker, outcome).inc()
+        except Exception:
+            _log.debug("metrics: breaker_call() failed", exc_info=True)
+
+    def breaker_failure_rate(self, breaker: str, rate: float) -> None:
+        """Set ``circuit_breaker_failure_rate{breaker}`` (0 to 1)."""
+        try:
+            self._breaker_rates.get(breaker).set(rate)
+        except Exception:
+            _log.debug("metrics: breaker_failure_rate() failed", exc_info=True)
+
+    def bulkhead_in_use(self, bulkhead: str, calls: int) -> None:
+        """Set ``bulkhead_in_use{bulkhead}``."""
+        try:
+            self._bulkheads.get(bulkhead).set(calls)
+        except Exception:
+            _log.debug("metrics: bulkhead_in_use() failed", exc_info=True)
+
+    def bulkhead_rejected(self, bulkhead: str) -> None:
+        """Count ``bulkhead_rejected_total{bulkhead}``."""
+        try:
+            self._bulkhead_rejections.get(bulkhead).inc()
+        except Exception:
+            _log.debug("metrics: bulkhead_rejected() failed", exc_info=True)
 
     def retry_attempt(self, operation: str, outcome: str) -> None:
         """Count ``retry_attempts_total{operation,outcome}``."""
