@@ -15,14 +15,34 @@ from .parsers import (
     _bool,
     _choice,
     _int,
+    _Invalid,
     _named_options,
     _non_negative_float,
     _optional,
+    _percent,
     _positive_float,
     _setting,
     _text,
     _url,
 )
+
+
+def _window(value: Any) -> str:
+    """``consecutive``, ``count:N`` or ``time:S``, normalised."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "consecutive":
+            return text
+        kind, colon, size = text.partition(":")
+        if colon and kind in _WINDOW_SIZES:
+            return f"{kind}:{_int(1, _WINDOW_SIZES[kind])(size)}"
+    raise _Invalid
+
+
+#: Largest window: calls of a ``count:`` window, seconds of a ``time:`` one.
+_WINDOW_SIZES = {"count": 10_000, "time": 3_600}
+_WINDOW_ACCEPTS = "consecutive, count:N (N from 1 to 10000) or time:S (S seconds, 1 to 3600)"
+_PERCENT_ACCEPTS = "a percentage > 0 and <= 100"
 
 #: option -> (parser, accepts) of one breaker in ``GATEWAY_OBS_BREAKERS`` and of
 #: ``obs.circuit_breaker(name, **options)``.
@@ -33,6 +53,20 @@ BREAKER_OPTIONS: dict[str, tuple[Parser, str]] = {
     "half_open_max_calls": (_int(1, 10_000), "an integer from 1 to 10000"),
     "timeout": (_optional(_positive_float), "a number of seconds > 0 and <= 86400, or null"),
     "storage": (_choice("memory", "redis"), "one of memory, redis"),
+    "window": (_window, _WINDOW_ACCEPTS),
+    "failure_rate": (_percent, _PERCENT_ACCEPTS),
+    "min_calls": (_int(1, 10_000), "an integer from 1 to 10000"),
+    "slow_call_seconds": (
+        _optional(_positive_float),
+        "a number of seconds > 0 and <= 86400, or null",
+    ),
+    "slow_call_rate": (_percent, _PERCENT_ACCEPTS),
+}
+#: option -> (parser, accepts) of one bulkhead in ``GATEWAY_OBS_BULKHEADS`` and of
+#: ``obs.bulkhead(name, **options)``.
+BULKHEAD_OPTIONS: dict[str, tuple[Parser, str]] = {
+    "max_concurrent": (_int(1, 10_000), "an integer from 1 to 10000"),
+    "max_wait": (_non_negative_float, "a number of seconds from 0 to 86400"),
 }
 #: option -> (parser, accepts) of one policy in ``GATEWAY_OBS_RETRY_POLICIES`` and of
 #: ``obs.retry(name, **options)``.
@@ -88,6 +122,43 @@ class ResilienceSettings:
         "a call slower than this fails with 504 and counts as a failure; it runs in a worker "
         'thread and is not stopped (README: "Timeouts, honestly"); default: no timeout',
     )
+    breaker_window: str = _setting(
+        "BREAKER_WINDOW",
+        "consecutive",
+        _window,
+        _WINDOW_ACCEPTS,
+        "what opens a breaker: ``consecutive`` failures (``FAIL_MAX``), or the failure or "
+        "slow-call rate of the last N calls (``count:N``) or S seconds (``time:S``)",
+    )
+    breaker_failure_rate: float = _setting(
+        "BREAKER_FAILURE_RATE",
+        50.0,
+        _percent,
+        _PERCENT_ACCEPTS,
+        "``count:``/``time:`` windows: open when this percentage of the window's calls failed",
+    )
+    breaker_min_calls: int = _setting(
+        "BREAKER_MIN_CALLS",
+        10,
+        _int(1, 10_000),
+        "an integer from 1 to 10000",
+        "``count:``/``time:`` windows: calls the window must hold before a rate can open the "
+        "breaker (at most N for ``count:N``)",
+    )
+    breaker_slow_call_seconds: float | None = _setting(
+        "BREAKER_SLOW_CALL_SECONDS",
+        None,
+        _optional(_positive_float),
+        "a number of seconds > 0 and <= 86400, or empty for none",
+        "``count:``/``time:`` windows: a call longer than this is slow; default: none is",
+    )
+    breaker_slow_call_rate: float = _setting(
+        "BREAKER_SLOW_CALL_RATE",
+        100.0,
+        _percent,
+        _PERCENT_ACCEPTS,
+        "``count:``/``time:`` windows: open when this percentage of the window's calls were slow",
+    )
     breaker_storage: str = _setting(
         "BREAKER_STORAGE",
         "memory",
@@ -131,7 +202,29 @@ class ResilienceSettings:
         _named_options("BREAKERS", BREAKER_OPTIONS),
         "a dict (or JSON object) of breaker name -> {option: value}",
         "per-breaker overrides of ``fail_max``, ``reset_timeout``, ``success_threshold``, "
-        "``half_open_max_calls``, ``timeout``, ``storage``",
+        "``half_open_max_calls``, ``timeout``, ``storage``, ``window``, ``failure_rate``, "
+        "``min_calls``, ``slow_call_seconds``, ``slow_call_rate``",
+    )
+    bulkhead_max_concurrent: int = _setting(
+        "BULKHEAD_MAX_CONCURRENT",
+        10,
+        _int(1, 10_000),
+        "an integer from 1 to 10000",
+        "calls a bulkhead lets run at once (per process)",
+    )
+    bulkhead_max_wait: float = _setting(
+        "BULKHEAD_MAX_WAIT",
+        0.0,
+        _non_negative_float,
+        "a number of seconds from 0 to 86400",
+        "how long a call waits for room in a full bulkhead before ``BulkheadFullError`` (503)",
+    )
+    bulkheads: Mapping[str, Mapping[str, Any]] | None = _setting(
+        "BULKHEADS",
+        None,
+        _named_options("BULKHEADS", BULKHEAD_OPTIONS),
+        "a dict (or JSON object) of bulkhead name -> {option: value}",
+        "per-bulkhead overrides of ``max_concurrent``, ``max_wait``",
     )
     retry_max_attempts: int = _setting(
         "RETRY_MAX_ATTEMPTS",
@@ -203,12 +296,20 @@ class ResilienceKeys:
     BREAKER_SUCCESS_THRESHOLD = PREFIX + "BREAKER_SUCCESS_THRESHOLD"
     BREAKER_HALF_OPEN_MAX_CALLS = PREFIX + "BREAKER_HALF_OPEN_MAX_CALLS"
     BREAKER_TIMEOUT = PREFIX + "BREAKER_TIMEOUT"
+    BREAKER_WINDOW = PREFIX + "BREAKER_WINDOW"
+    BREAKER_FAILURE_RATE = PREFIX + "BREAKER_FAILURE_RATE"
+    BREAKER_MIN_CALLS = PREFIX + "BREAKER_MIN_CALLS"
+    BREAKER_SLOW_CALL_SECONDS = PREFIX + "BREAKER_SLOW_CALL_SECONDS"
+    BREAKER_SLOW_CALL_RATE = PREFIX + "BREAKER_SLOW_CALL_RATE"
     BREAKER_STORAGE = PREFIX + "BREAKER_STORAGE"
     BREAKER_REDIS_URL = PREFIX + "BREAKER_REDIS_URL"
     BREAKER_REDIS_NAMESPACE = PREFIX + "BREAKER_REDIS_NAMESPACE"
     BREAKER_REDIS_TIMEOUT = PREFIX + "BREAKER_REDIS_TIMEOUT"
     BREAKER_REDIS_RETRY_INTERVAL = PREFIX + "BREAKER_REDIS_RETRY_INTERVAL"
     BREAKERS = PREFIX + "BREAKERS"
+    BULKHEAD_MAX_CONCURRENT = PREFIX + "BULKHEAD_MAX_CONCURRENT"
+    BULKHEAD_MAX_WAIT = PREFIX + "BULKHEAD_MAX_WAIT"
+    BULKHEADS = PREFIX + "BULKHEADS"
     RETRY_MAX_ATTEMPTS = PREFIX + "RETRY_MAX_ATTEMPTS"
     RETRY_BASE_DELAY = PREFIX + "RETRY_BASE_DELAY"
     RETRY_MULTIPLIER = PREFIX + "RETRY_MULTIPLIER"
@@ -242,9 +343,37 @@ def decodes_responses(url: str) -> bool:
     return any(v.strip().upper() not in ("", "0", "F", "FALSE", "N", "NO") for v in values)
 
 
+SLOW_CALLS_NEED_A_RATE_WINDOW = "null unless the window is count:N or time:S"
+
+
+def slow_calls_problem(window: str, slow_call_seconds: float | None) -> bool:
+    """Whether slow calls are asked for where nothing counts them (``consecutive``)."""
+    return slow_call_seconds is not None and window == "consecutive"
+
+
 def cross_checks(settings: Any) -> list[tuple[str, Any, str]]:
-    """Rules between breaker keys: Redis storage needs a usable Redis URL."""
+    """Rules between breaker keys: slow calls need a rate window; Redis storage needs a
+    usable Redis URL."""
     problems: list[tuple[str, Any, str]] = []
+    if slow_calls_problem(settings.breaker_window, settings.breaker_slow_call_seconds):
+        problems.append(
+            (
+                ResilienceKeys.BREAKER_SLOW_CALL_SECONDS,
+                settings.breaker_slow_call_seconds,
+                SLOW_CALLS_NEED_A_RATE_WINDOW + " (GATEWAY_OBS_BREAKER_WINDOW)",
+            )
+        )
+    for name, options in (settings.breakers or {}).items():
+        window = options.get("window", settings.breaker_window)
+        slow = options.get("slow_call_seconds", settings.breaker_slow_call_seconds)
+        if "slow_call_seconds" in options and slow_calls_problem(window, slow):
+            problems.append(
+                (
+                    f"{ResilienceKeys.BREAKERS}[{name!r}].slow_call_seconds",
+                    slow,
+                    SLOW_CALLS_NEED_A_RATE_WINDOW,
+                ),
+            )
     if not uses_breaker_redis(settings):
         return problems
     key = ResilienceKeys.BREAKER_STORAGE
