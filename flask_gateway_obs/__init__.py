@@ -12,6 +12,7 @@ from .core.context import bind_context, get_request_id
 from .errors import (
     AppError,
     BadRequestError,
+    BulkheadFullError,
     CircuitOpenError,
     ConflictError,
     ForbiddenError,
@@ -27,6 +28,7 @@ from .logs import get_logger
 __all__ = [
     "AppError",
     "BadRequestError",
+    "BulkheadFullError",
     "CheckResult",
     "CircuitOpenError",
     "ConfigError",

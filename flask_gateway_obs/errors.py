@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AppError",
     "BadRequestError",
+    "BulkheadFullError",
     "CircuitOpenError",
     "ConflictError",
     "ErrorInfo",
@@ -183,6 +184,21 @@ class CircuitOpenError(ServiceUnavailableError):
             retry_after=retry_after,
         )
         self.breaker = breaker
+
+
+class BulkheadFullError(ServiceUnavailableError):
+    """503: a bulkhead already runs its ``max_concurrent`` calls and no room came free
+    within its ``max_wait``; the call was not made."""
+
+    default_code = "bulkhead_full"
+
+    def __init__(self, bulkhead: str, max_concurrent: int, retry_after: float = 1.0) -> None:
+        super().__init__(
+            f"Too many calls to '{bulkhead}' at once ({max_concurrent}); try again shortly.",
+            retry_after=retry_after,
+        )
+        self.bulkhead = bulkhead
+        self.max_concurrent = max_concurrent
 
 
 # --- rendering --------------------------------------------------------------------------
