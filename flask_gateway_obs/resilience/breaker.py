@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .circuit import STATE_CODES, CircuitBreaker, decorate
+from .calls import decorate
+from .circuit import STATE_CODES, CircuitBreaker
 from .classify import client_error
 from .deadlines import expect_timeouts
 from .registry import resolver

@@ -23,31 +23,29 @@ Every transition reaches a pybreaker listener that logs it and sets
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import functools
-import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from types import TracebackType
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import pybreaker
 
 from ..errors import CircuitOpenError
 from ..logs import LOGGER_NAME
+from .calls import CallForms
 from .classify import Exclusion, client_error, contained
-from .deadlines import DEADLINES, Clock, deadline_left, expect_timeouts
+from .deadlines import Clock, expect_timeouts
 from .settings import BreakerSettings
 from .storage import LocalStorage
-from .timeouts import CallTimeoutError, TimeoutRunner
+from .timeouts import TimeoutRunner
+from .windows import RECOVER, REOPEN, RateWindows
 
 if TYPE_CHECKING:
     from ..core.contracts import Recorder
 
-__all__ = ["STATE_CODES", "CircuitBreaker", "Exclusion", "decorate"]
+__all__ = ["STATE_CODES", "CircuitBreaker", "Exclusion"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,7 +83,7 @@ class _TransitionListener(pybreaker.CircuitBreakerListener):
         self._owner._transitioned(old_state.name if old_state else None, new_state)
 
 
-class CircuitBreaker:
+class CircuitBreaker(CallForms):
     """One named circuit breaker of one app; calls through it run in parallel.
 
     Use it as a decorator (``@cb``, ``@cb(fallback=f)``), as ``cb.call(fn, *a, **kw)``
@@ -126,8 +124,10 @@ class CircuitBreaker:
         self._storage = storage if storage is not None else LocalStorage(clock)
         # Re-entrant, as pybreaker's own: a listener may read the state it is told about.
         self._lock = threading.RLock()
-        self._trials = 0  # half-open trial calls in flight
+        self._trials = 0  # half-open trial calls (consecutive: at a time; rates: in all)
         self._trial_successes = 0
+        self._rates = RateWindows(settings) if settings.rate_window else None
+        self._reported_rate = -1.0
         self._cb = pybreaker.CircuitBreaker(
             fail_max=settings.fail_max,
             reset_timeout=settings.reset_timeout,
@@ -169,8 +169,19 @@ class CircuitBreaker:
 
     @property
     def failure_count(self) -> int:
-        """Consecutive failures counted so far."""
+        """Failures counted now: consecutive ones, or those in the window (rate windows)."""
+        if self._rates is not None:
+            with self._lock:
+                return self._rates.failures(self._timer())
         return int(self._cb.fail_counter)
+
+    @property
+    def failure_rate(self) -> float | None:
+        """The share (0 to 1) of failed calls in the window; ``None`` for consecutive."""
+        if self._rates is None:
+            return None
+        with self._lock:
+            return self._rates.failure_rate(self._timer())
 
     @property
     def hung_calls(self) -> int:
@@ -220,12 +231,15 @@ class CircuitBreaker:
             if state.name == OPEN:
                 wait = self._until_half_open()
                 if wait > 0:
+                    self._count("rejected")
                     raise CircuitOpenError(self.name, retry_after=wait)
                 self._cb.half_open()
                 state = self._cb.state
             trial = state.name == HALF_OPEN
             if trial:
+                # Consecutive: trial calls at a time; rate windows: trial calls in all.
                 if self._trials >= self.settings.half_open_max_calls:
+                    self._count("rejected")
                     raise CircuitOpenError(self.name, retry_after=_TRIALS_BUSY_RETRY_AFTER)
                 self._trials += 1
             if self._listeners:
@@ -241,6 +255,12 @@ class CircuitBreaker:
         for listener in self._listeners:
             listener.before_call(self._cb, _no_call)
 
+    def _count(self, outcome: str) -> None:
+        try:  # noqa: SIM105 - cheaper than contextlib.suppress on every call
+            self._owner.recorder.breaker_call(self.name, outcome)
+        except Exception:  # instrumentation never breaks a call
+            pass
+
     def _exit(
         self,
         token: _Token,
@@ -248,22 +268,29 @@ class CircuitBreaker:
         verdict: bool = True,
         reached: bool = True,
     ) -> bool:
-        """Record the outcome of an admitted call; ``True`` if it opened the breaker.
+        """Record the outcome of an admitted call; ``True`` if its failure opened the breaker.
 
         ``verdict=False``: the outcome says nothing about the dependency (the caller's
         own deadline cut the wait short), so it is not counted. ``reached=False``: the
         dependency was not called, so nothing is timed.
         """
         admitted, trial, started = token
-        seconds = self._timer() - started
+        now = self._timer()
+        seconds = now - started
         if error is not None and not isinstance(error, Exception):
             if trial:  # interrupted (KeyboardInterrupt, SystemExit): no verdict
-                with self._lock:
-                    self._trials -= 1
+                if self._rates is not None:
+                    self._settle_rates(admitted, trial, None, False, now, seconds)
+                else:
+                    self._settle(admitted, trial, None, False)
             return False
         failed = error is not None and bool(self._cb.is_system_error(error))
         tripped = False
-        if trial or failed or not verdict:
+        if self._rates is not None:
+            tripped = self._settle_rates(
+                admitted, trial, error if failed else None, verdict, now, seconds
+            )
+        elif trial or failed or not verdict:
             tripped = self._settle(admitted, trial, error if failed else None, verdict)
         else:
             # A success of a call admitted while closed: whatever happened meanwhile,
@@ -271,12 +298,21 @@ class CircuitBreaker:
             self._storage.reset_counter()
             for listener in self._listeners:
                 listener.success(self._cb)
-        if reached:
-            try:  # noqa: SIM105 - cheaper than contextlib.suppress on every call
+        try:
+            if verdict:
+                self._owner.recorder.breaker_call(self.name, "failure" if failed else "success")
+            if reached:
                 self._owner.recorder.dependency(self.name, "call", seconds, failed)
-            except Exception:  # instrumentation never breaks a call
-                pass
+        except Exception:  # instrumentation never breaks a call
+            pass
         return tripped
+
+    def _heard(self, failure: BaseException | None) -> None:
+        for listener in self._listeners:
+            if failure is None:
+                listener.success(self._cb)
+            else:
+                listener.failure(self._cb, failure)
 
     def _settle(
         self,
@@ -285,28 +321,70 @@ class CircuitBreaker:
         failure: BaseException | None,
         verdict: bool,
     ) -> bool:
-        """Count a failure or a trial's outcome; ``True`` if the breaker opened."""
+        """Consecutive failures: count a failure or a trial's outcome; ``True`` if the
+        breaker opened."""
         with self._lock:
+            # An outcome from before a transition is stale: the state that admitted it is gone.
+            if self._cb.state is not admitted:
+                return False
             if trial:
                 self._trials -= 1
-            # An outcome from before a transition is stale: the state that admitted it is gone.
-            if not verdict or self._cb.state is not admitted:
+            if not verdict:
                 return False
             cb = self._cb
+            self._heard(failure)
             if failure is not None:
                 self._storage.increment_counter()
-                for listener in self._listeners:
-                    listener.failure(cb, failure)
                 if trial or cb.fail_counter >= self.settings.fail_max:
                     cb.open()
                     return True
                 return False
             self._storage.reset_counter()
-            for listener in self._listeners:
-                listener.success(cb)
             self._trial_successes += 1
             if self._trial_successes >= self.settings.success_threshold:
                 cb.close()
+            return False
+
+    def _settle_rates(
+        self,
+        admitted: pybreaker.CircuitBreakerState,
+        trial: bool,
+        failure: BaseException | None,
+        verdict: bool,
+        now: float,
+        seconds: float,
+    ) -> bool:
+        """Rate windows: count the outcome in the window of the state that admitted it."""
+        rates = cast(RateWindows, self._rates)
+        failed = failure is not None
+        slow = rates.slow(seconds)
+        with self._lock:
+            if self._seen is not admitted:  # stale (per-process windows: no storage read)
+                return False
+            if not verdict:
+                if trial:
+                    self._trials -= 1  # the trial said nothing: its permit goes back
+                return False
+            self._heard(failure)
+            if trial:
+                decision = rates.record_trial(failed, slow)
+                if decision == REOPEN:
+                    self._cb.open()
+                    return failed
+                if decision == RECOVER:
+                    self._cb.close()
+                return False
+            opens = rates.record(failed, slow, now)
+            rate = rates.failure_rate(now)
+            if rate != self._reported_rate:
+                self._reported_rate = rate
+                try:  # noqa: SIM105
+                    self._owner.recorder.breaker_failure_rate(self.name, rate)
+                except Exception:  # instrumentation never breaks a call
+                    pass
+            if opens:
+                self._cb.open()
+                return failed
             return False
 
     def _opened(self, error: BaseException) -> CircuitOpenError:
@@ -314,112 +392,11 @@ class CircuitBreaker:
         opened.__cause__ = error
         return opened
 
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call ``fn(*args, **kwargs)`` through the breaker.
-
-        :raises CircuitOpenError: while open, or when this call's failure opened it.
-        :raises CallTimeoutError: when ``timeout`` is set and the call took longer (or
-            longer than what is left of the deadline of a retry around it).
-        :raises HungCallsError: when ``timeout`` is set and ``MAX_HUNG_CALLS`` calls
-            that timed out are still running.
-        """
-        token = self._enter()
-        verdict = reached = True
-        try:
-            runner = self._runner
-            if runner is None:
-                result = fn(*args, **kwargs)
-            else:
-                timeout, by_deadline = self._timeout()
-                if timeout <= 0:  # the retry's deadline has passed already
-                    verdict = reached = False
-                    raise CallTimeoutError(self.name, timeout, by_deadline=True)
-                reached = False
-                task = runner.submit(self.name, fn, args, kwargs)
-                reached = True
-                if not runner.wait(task, timeout):
-                    verdict = not by_deadline
-                    raise CallTimeoutError(self.name, timeout, by_deadline=by_deadline)
-                result = task.outcome()
-        except BaseException as error:
-            if self._exit(token, error, verdict, reached):
-                raise self._opened(error) from error
-            raise
-        self._exit(token, None)
-        return result
-
-    def _timeout(self) -> tuple[float, bool]:
-        """The wait for this call, and whether a retry's deadline made it shorter."""
-        timeout = cast(float, self.settings.timeout)
-        deadlines = DEADLINES.get()
-        if deadlines:
-            left = deadline_left(deadlines)
-            if left < timeout:
-                return left, True
-        return timeout, False
-
-    async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Await ``fn(*args, **kwargs)`` through the breaker; a ``timeout`` cancels it."""
-        token = self._enter()
-        verdict = reached = True
-        try:
-            if self.settings.timeout is None:
-                result = await fn(*args, **kwargs)
-            else:
-                timeout, by_deadline = self._timeout()
-                if timeout <= 0:
-                    verdict = reached = False
-                    raise CallTimeoutError(self.name, timeout, by_deadline=True)
-                task = asyncio.ensure_future(fn(*args, **kwargs))
-                try:
-                    done, _ = await asyncio.wait({task}, timeout=timeout)
-                finally:
-                    if not task.done():  # timed out, or the caller was cancelled
-                        task.cancel()
-                if not done:
-                    verdict = not by_deadline
-                    raise CallTimeoutError(self.name, timeout, by_deadline=by_deadline)
-                result = task.result()
-        except BaseException as error:
-            if self._exit(token, error, verdict, reached):
-                raise self._opened(error) from error
-            raise
-        self._exit(token, None)
-        return result
-
-    def __enter__(self) -> CircuitBreaker:
-        token = self._enter()
-        self._open_blocks.set((*self._open_blocks.get(), token))
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        blocks = self._open_blocks.get()
-        self._open_blocks.set(blocks[:-1])
-        if self._exit(blocks[-1], exc) and exc is not None:
-            raise self._opened(exc) from exc
-
     def is_failure(self, error: BaseException) -> bool:
         """Whether ``error`` counts against the dependency (and so calls the fallback)."""
         if isinstance(error, CircuitOpenError):
             return True
         return isinstance(error, Exception) and bool(self._cb.is_system_error(error))
-
-    def __call__(
-        self, fn: F | None = None, /, *, fallback: Callable[..., Any] | None = None
-    ) -> Any:
-        """Decorate ``fn`` (``@cb`` or ``@cb(fallback=f)``).
-
-        ``fallback(error, *args, **kwargs)`` is returned instead when the breaker
-        is open or the call failed; errors excluded from counting (4xx) still raise.
-        """
-        if fn is None:
-            return functools.partial(self.__call__, fallback=fallback)
-        return decorate(functools.partial(_constant, self), fn, fallback)
 
     # --- listener side ----------------------------------------------------------------------------
 
@@ -433,13 +410,17 @@ class CircuitBreaker:
         self._seen = new_state
         new = new_state.name
         if new == HALF_OPEN:
-            self._trial_successes = 0
+            self._trials = self._trial_successes = 0
+            if self._rates is not None:
+                self._rates.half_opened()
+        elif new == CLOSED and self._rates is not None:
+            self._rates.closed()
         try:
             fields = {
                 "breaker": self.name,
                 "from_state": old,
                 "to_state": new,
-                "failure_count": int(self._cb.fail_counter),
+                "failure_count": self.failure_count,
             }
             level = logging.WARNING if new == OPEN else logging.INFO
             _log.log(level, "circuit breaker %s: %s -> %s", self.name, old, new, extra=fields)
@@ -450,43 +431,3 @@ class CircuitBreaker:
 
 def _no_call() -> None:
     """What user listeners' ``before_call`` sees as the function (it runs later)."""
-
-
-def _constant(value: T) -> T:
-    return value
-
-
-def decorate(
-    resolve: Callable[[], CircuitBreaker], fn: F, fallback: Callable[..., Any] | None
-) -> F:
-    """``fn`` called through the breaker ``resolve()`` returns at each call."""
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            cb = resolve()
-            if fallback is None:
-                return await cb.call_async(fn, *args, **kwargs)
-            try:
-                return await cb.call_async(fn, *args, **kwargs)
-            except Exception as error:
-                if not cb.is_failure(error):
-                    raise
-                result = fallback(error, *args, **kwargs)
-                return await result if inspect.isawaitable(result) else result
-
-        return cast(F, async_wrapper)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        cb = resolve()
-        if fallback is None:
-            return cb.call(fn, *args, **kwargs)
-        try:
-            return cb.call(fn, *args, **kwargs)
-        except Exception as error:
-            if not cb.is_failure(error):
-                raise
-            return fallback(error, *args, **kwargs)
-
-    return cast(F, wrapper)

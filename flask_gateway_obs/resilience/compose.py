@@ -12,8 +12,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from .calls import decorate as through_breaker
 from .circuit import CircuitBreaker
-from .circuit import decorate as through_breaker
 from .classify import client_error
 from .deadlines import expect_timeouts
 from .policy import RetryPolicy

@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import BREAKER_OPTIONS, RETRY_OPTIONS, Settings, parse_options
+from ..config import BREAKER_OPTIONS, RETRY_OPTIONS, ConfigError, Settings, parse_options
+from ..config.resilience import SLOW_CALLS_NEED_A_RATE_WINDOW, slow_calls_problem
 
 __all__ = ["BreakerSettings", "RetrySettings"]
 
@@ -21,6 +22,11 @@ class BreakerSettings:
     half_open_max_calls: int = 1
     timeout: float | None = None
     storage: str = "memory"
+    window: str = "consecutive"
+    failure_rate: float = 50.0
+    min_calls: int = 10
+    slow_call_seconds: float | None = None
+    slow_call_rate: float = 100.0
 
     @classmethod
     def resolve(
@@ -35,11 +41,36 @@ class BreakerSettings:
             "half_open_max_calls": settings.breaker_half_open_max_calls,
             "timeout": settings.breaker_timeout,
             "storage": settings.breaker_storage,
+            "window": settings.breaker_window,
+            "failure_rate": settings.breaker_failure_rate,
+            "min_calls": settings.breaker_min_calls,
+            "slow_call_seconds": settings.breaker_slow_call_seconds,
+            "slow_call_rate": settings.breaker_slow_call_rate,
         }
         values.update((settings.breakers or {}).get(name, {}))
         if options:
-            values.update(parse_options(f"breaker {name!r}", options, BREAKER_OPTIONS))
+            label = f"breaker {name!r}"
+            given = parse_options(label, options, BREAKER_OPTIONS)
+            values.update(given)
+            if "slow_call_seconds" in given and slow_calls_problem(
+                values["window"], values["slow_call_seconds"]
+            ):
+                raise ConfigError(
+                    [
+                        (
+                            f"{label}: slow_call_seconds",
+                            values["slow_call_seconds"],
+                            SLOW_CALLS_NEED_A_RATE_WINDOW,
+                        )
+                    ]
+                )
         return cls(**values)
+
+    @property
+    def rate_window(self) -> tuple[str, int] | None:
+        """``("count", N)`` or ``("time", S)``; ``None`` for consecutive failures."""
+        kind, _, size = self.window.partition(":")
+        return (kind, int(size)) if size else None
 
 
 @dataclasses.dataclass(frozen=True)
