@@ -43,6 +43,7 @@ __all__ = [
     "__version__",
     "bind_context",
     "breaker",
+    "bulkhead",
     "capture_exception",
     "capture_message",
     "get_logger",
@@ -55,6 +56,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .health import CheckResult, HealthReport
     from .resilience.breaker import breaker
+    from .resilience.bulkhead import bulkhead
     from .resilience.retry import retry
     from .sentry.helpers import capture_exception, capture_message, set_user
 
@@ -63,6 +65,7 @@ _LAZY = {
     "CheckResult": "health",
     "HealthReport": "health",
     "breaker": "resilience.breaker",
+    "bulkhead": "resilience.bulkhead",
     "retry": "resilience.retry",
     "capture_exception": "sentry.helpers",
     "capture_message": "sentry.helpers",

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .health import CheckFunc, HealthReport, HealthSetup
     from .metrics import DependencyTracker
     from .ratelimit import DeferredLimiter
+    from .resilience.bulkheads import Bulkhead
     from .resilience.circuit import CircuitBreaker
     from .resilience.policy import RetryPolicy
 
@@ -327,6 +328,26 @@ class GatewayObs:
         from .resilience import of_state
 
         return of_state(self.state()).retries.get(name, **options)
+
+    def bulkhead(
+        self, name: str, *, max_concurrent: int | None = None, max_wait: float | None = None
+    ) -> Bulkhead:
+        """The current app's bulkhead ``name``: at most ``max_concurrent`` calls at once,
+        waiting up to ``max_wait`` seconds for room, else ``BulkheadFullError`` (503).
+
+        Use it as ``@bh``, ``bh.call(fn, ...)``, ``with bh:`` or ``async with bh:``. For a
+        decorator applied at import time use :func:`flask_gateway_obs.bulkhead`. The
+        options apply when it is created (default ``GATEWAY_OBS_BULKHEAD_*`` and
+        ``GATEWAY_OBS_BULKHEADS[name]``).
+        """
+        from .resilience import of_state
+
+        options: dict[str, Any] = {}
+        if max_concurrent is not None:
+            options["max_concurrent"] = max_concurrent
+        if max_wait is not None:
+            options["max_wait"] = max_wait
+        return of_state(self.state()).bulkheads.get(name, **options)
 
     def resilient(self, name: str, **kwargs: Any) -> Callable[[_F], _F]:
         """Decorator: retry (policy ``name``) around circuit breaker ``name``, resolved per

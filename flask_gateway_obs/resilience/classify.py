@@ -16,7 +16,7 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException
 
-from ..errors import AppError, CircuitOpenError
+from ..errors import AppError, BulkheadFullError, CircuitOpenError
 from ..logs import LOGGER_NAME
 
 __all__ = [
@@ -128,9 +128,10 @@ def is_transient(error: BaseException) -> bool:
     Yes: ``ConnectionError``, ``TimeoutError`` (``socket.timeout``, and asyncio's and
     concurrent.futures' on Python 3.10), a 502/503/504 (``AppError``, werkzeug, or a
     carried ``response``), and the connection errors of requests, redis, psycopg2 and
-    httpx. Never: ``CircuitOpenError``, 4xx, anything else.
+    httpx. Never: ``CircuitOpenError``, ``BulkheadFullError`` (retrying would hold the
+    worker longer where the gateway is already saturated), 4xx, anything else.
     """
-    if isinstance(error, CircuitOpenError):
+    if isinstance(error, (CircuitOpenError, BulkheadFullError)):
         return False
     status = status_of(error)
     if status is not None:

@@ -1,8 +1,11 @@
-"""``resilient``: retry around a circuit breaker, with a fallback outside both.
+"""``resilient``: ``fallback(retry(bulkhead(breaker(fn))))``, each layer optional.
 
 Each attempt passes the breaker, so every failure counts towards opening it, and
 once it opens the attempt fails at once with ``CircuitOpenError``, which is never
-retried: the retries stop instead of hammering a dependency known to be down.
+retried: the retries stop instead of hammering a dependency known to be down. The
+bulkhead sits outside the breaker (a full bulkhead says nothing about the
+dependency, so it never counts against the breaker) and inside the retry (a retry
+sleeping between attempts holds no room); ``BulkheadFullError`` is not retried.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from .bulkheads import Bulkhead
+from .bulkheads import decorate as inside_bulkhead
 from .calls import decorate as through_breaker
 from .circuit import CircuitBreaker
 from .classify import client_error
@@ -46,21 +51,26 @@ def resilient(
     *,
     retry: str | Mapping[str, Any] | bool | None = None,
     breaker: str | Mapping[str, Any] | bool | None = None,
+    bulkhead: str | Mapping[str, Any] | bool | None = False,
     fallback: Callable[..., Any] | None = None,
     obs: Extension | None = None,
 ) -> Callable[[F], F]:
-    """Retry wrapping a circuit breaker, in one decorator: ``fallback(retry(breaker(fn)))``.
+    """Retry around a bulkhead around a circuit breaker, in one decorator:
+    ``fallback(retry(bulkhead(breaker(fn))))``.
 
     :param name: names the breaker, the retry policy and the ``operation`` label.
     :param retry: ``None``/``True`` the policy ``name`` (defaults if not configured),
         a policy name, a dict of retry options on top of policy ``name``, or ``False``.
     :param breaker: likewise for the breaker (a dict applies when it is created).
+    :param bulkhead: likewise for a bulkhead, left out unless given (``True``: bulkhead
+        ``name``).
     :param fallback: ``fallback(error, *args, **kwargs)`` answers when the call still
         fails after the retries (4xx errors are raised as they are).
     :param obs: resolve against this extension's app outside an app context.
     """
     retry_spec = _options(retry, "retry")
     breaker_spec = _options(breaker, "breaker")
+    bulkhead_spec = _options(bulkhead, "bulkhead")
     breaker_name = (breaker_spec[0] if breaker_spec else None) or name
     breaker_options = breaker_spec[1] if breaker_spec else {}
     if breaker_options.get("timeout") is not None:
@@ -68,6 +78,10 @@ def resilient(
 
     def get_breaker(r: Resilience) -> CircuitBreaker:
         return r.breakers.get(breaker_name, **breaker_options)
+
+    def get_bulkhead(r: Resilience) -> Bulkhead:
+        assert bulkhead_spec is not None
+        return r.bulkheads.get(bulkhead_spec[0] or name, **bulkhead_spec[1])
 
     def get_policy(r: Resilience) -> RetryPolicy:
         if breaker_spec is not None:
@@ -79,6 +93,8 @@ def resilient(
         wrapped: Callable[..., Any] = fn
         if breaker_spec is not None:
             wrapped = through_breaker(resolver(get_breaker, obs), wrapped, None)
+        if bulkhead_spec is not None:
+            wrapped = inside_bulkhead(resolver(get_bulkhead, obs), wrapped)
         if retry_spec is not None:
             wrapped = with_retries(resolver(get_policy, obs), wrapped, name)
         if fallback is not None:

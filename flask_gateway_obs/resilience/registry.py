@@ -1,4 +1,4 @@
-"""The breakers and retry policies of each app, and how a call finds the current app's.
+"""The breakers, retry policies and bulkheads of each app, and how a call finds them.
 
 An app's :class:`Resilience` is made on first use (``state.resilience``), so an app that
 never calls through a breaker or a retry does not load pybreaker or tenacity. Outside
@@ -25,6 +25,7 @@ from .deadlines import expect_timeouts
 if TYPE_CHECKING:
     from ..core.state import Extension, ObsState
     from .breakers import BreakerRegistry
+    from .bulkheads import BulkheadRegistry
     from .policy import RetryRegistry
 
 __all__ = [
@@ -49,7 +50,7 @@ class _Standalone:
 
 
 class Resilience:
-    """The breakers and retry policies of one app.
+    """The breakers, retry policies and bulkheads of one app.
 
     pybreaker and tenacity are imported when the first breaker or policy is asked
     for, so an app that uses neither pays nothing for them.
@@ -80,6 +81,7 @@ class Resilience:
         self._lock = threading.Lock()
         self._breakers: BreakerRegistry | None = None
         self._retries: RetryRegistry | None = None
+        self._bulkheads: BulkheadRegistry | None = None
         if settings.breaker_timeout is not None or any(
             o.get("timeout") is not None for o in (settings.breakers or {}).values()
         ):
@@ -113,6 +115,17 @@ class Resilience:
                 if self._retries is None:
                     self._retries = RetryRegistry(self.settings, self._owner)
         return self._retries
+
+    @property
+    def bulkheads(self) -> BulkheadRegistry:
+        """The app's bulkheads, by name."""
+        if self._bulkheads is None:
+            from .bulkheads import BulkheadRegistry
+
+            with self._lock:
+                if self._bulkheads is None:
+                    self._bulkheads = BulkheadRegistry(self.settings, self._owner)
+        return self._bulkheads
 
     def set_breaker_redis_client(self, client: Any) -> None:
         """Share the state of breakers created from now on through ``client``.

@@ -7,9 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import BREAKER_OPTIONS, RETRY_OPTIONS, ConfigError, Settings, parse_options
-from ..config.resilience import SLOW_CALLS_NEED_A_RATE_WINDOW, slow_calls_problem
+from ..config.resilience import (
+    BULKHEAD_OPTIONS,
+    SLOW_CALLS_NEED_A_RATE_WINDOW,
+    slow_calls_problem,
+)
 
-__all__ = ["BreakerSettings", "RetrySettings"]
+__all__ = ["BreakerSettings", "BulkheadSettings", "RetrySettings"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,3 +118,26 @@ class RetrySettings:
         except OverflowError:
             return self.max_delay
         return min(self.max_delay, delay)
+
+
+@dataclasses.dataclass(frozen=True)
+class BulkheadSettings:
+    """The resolved settings of one bulkhead."""
+
+    max_concurrent: int = 10
+    max_wait: float = 0.0
+
+    @classmethod
+    def resolve(
+        cls, settings: Settings, name: str, options: Mapping[str, Any] | None = None
+    ) -> BulkheadSettings:
+        """Defaults from ``GATEWAY_OBS_BULKHEAD_*``, then ``GATEWAY_OBS_BULKHEADS[name]``,
+        then ``options`` (validated; :class:`ConfigError` names every bad one)."""
+        values: dict[str, Any] = {
+            "max_concurrent": settings.bulkhead_max_concurrent,
+            "max_wait": settings.bulkhead_max_wait,
+        }
+        values.update((settings.bulkheads or {}).get(name, {}))
+        if options:
+            values.update(parse_options(f"bulkhead {name!r}", options, BULKHEAD_OPTIONS))
+        return cls(**values)
