@@ -96,6 +96,7 @@ class Bulkhead:
         self.settings = settings
         self._owner = owner
         self._lock = threading.Lock()
+        self._cap = settings.max_concurrent
         self._in_use = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._warned_at: float | None = None
@@ -123,7 +124,7 @@ class Bulkhead:
 
     def _entered(self) -> bool:
         """Take room if there is some (under the lock)."""
-        if self._in_use < self.settings.max_concurrent:
+        if self._in_use < self._cap:
             self._in_use += 1
             self._report(self._in_use)
             return True
@@ -161,7 +162,12 @@ class Bulkhead:
         :raises BulkheadFullError: when no room came free in time.
         """
         with self._lock:
-            if self._entered():
+            if self._in_use < self._cap:  # as _entered(), inline: the path of every call
+                self._in_use += 1
+                try:  # noqa: SIM105
+                    self._owner.recorder.bulkhead_in_use(self.name, self._in_use)
+                except Exception:  # instrumentation never breaks a call
+                    pass
                 return
             wait = self.settings.max_wait
             if wait <= 0:
@@ -207,7 +213,10 @@ class Bulkhead:
                 if waiters.popleft().grant():
                     return  # the room passes on: in use stays the same
             self._in_use -= 1
-            self._report(self._in_use)
+            try:  # noqa: SIM105
+                self._owner.recorder.bulkhead_in_use(self.name, self._in_use)
+            except Exception:  # instrumentation never breaks a call
+                pass
 
     # --- call forms -------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pybreaker
 
@@ -280,15 +280,16 @@ class CircuitBreaker(CallForms):
         if error is not None and not isinstance(error, Exception):
             if trial:  # interrupted (KeyboardInterrupt, SystemExit): no verdict
                 if self._rates is not None:
-                    self._settle_rates(admitted, trial, None, False, now, seconds)
+                    self._settle_rates(self._rates, admitted, trial, None, False, now, seconds)
                 else:
                     self._settle(admitted, trial, None, False)
             return False
         failed = error is not None and bool(self._cb.is_system_error(error))
         tripped = False
-        if self._rates is not None:
+        rates = self._rates
+        if rates is not None:
             tripped = self._settle_rates(
-                admitted, trial, error if failed else None, verdict, now, seconds
+                rates, admitted, trial, error if failed else None, verdict, now, seconds
             )
         elif trial or failed or not verdict:
             tripped = self._settle(admitted, trial, error if failed else None, verdict)
@@ -347,6 +348,7 @@ class CircuitBreaker(CallForms):
 
     def _settle_rates(
         self,
+        rates: RateWindows,
         admitted: pybreaker.CircuitBreakerState,
         trial: bool,
         failure: BaseException | None,
@@ -355,9 +357,9 @@ class CircuitBreaker(CallForms):
         seconds: float,
     ) -> bool:
         """Rate windows: count the outcome in the window of the state that admitted it."""
-        rates = cast(RateWindows, self._rates)
         failed = failure is not None
-        slow = rates.slow(seconds)
+        limit = rates.slow_call_seconds
+        slow = limit is not None and seconds > limit
         with self._lock:
             if self._seen is not admitted:  # stale (per-process windows: no storage read)
                 return False
@@ -365,7 +367,8 @@ class CircuitBreaker(CallForms):
                 if trial:
                     self._trials -= 1  # the trial said nothing: its permit goes back
                 return False
-            self._heard(failure)
+            if self._listeners:
+                self._heard(failure)
             if trial:
                 decision = rates.record_trial(failed, slow)
                 if decision == REOPEN:
@@ -375,11 +378,10 @@ class CircuitBreaker(CallForms):
                     self._cb.close()
                 return False
             opens = rates.record(failed, slow, now)
-            rate = rates.failure_rate(now)
-            if rate != self._reported_rate:
-                self._reported_rate = rate
+            if rates.rate != self._reported_rate:
+                self._reported_rate = rates.rate
                 try:  # noqa: SIM105
-                    self._owner.recorder.breaker_failure_rate(self.name, rate)
+                    self._owner.recorder.breaker_failure_rate(self.name, rates.rate)
                 except Exception:  # instrumentation never breaks a call
                     pass
             if opens:

@@ -120,6 +120,7 @@ class RateWindows:
         "_min_calls",
         "_slow_rate",
         "_trials",
+        "rate",
         "slow_call_seconds",
     )
 
@@ -138,12 +139,14 @@ class RateWindows:
         self._failure_rate = settings.failure_rate
         self._slow_rate = settings.slow_call_rate
         self.slow_call_seconds = settings.slow_call_seconds
+        if self.slow_call_seconds is None:
+            self._slow_rate = float("inf")  # no call is slow: the slow-call rate never opens
         self._trials = CountWindow(settings.half_open_max_calls)
+        #: The failure rate of the closed-state window after the last :meth:`record`.
+        self.rate = 0.0
 
     def _over(self, calls: int, failures: int, slow: int) -> bool:
-        if failures * 100 >= self._failure_rate * calls:
-            return True
-        return self.slow_call_seconds is not None and slow * 100 >= self._slow_rate * calls
+        return failures * 100 >= self._failure_rate * calls or slow * 100 >= self._slow_rate * calls
 
     def slow(self, seconds: float) -> bool:
         """Whether a call of ``seconds`` is slow (longer than ``slow_call_seconds``)."""
@@ -151,11 +154,17 @@ class RateWindows:
         return limit is not None and seconds > limit
 
     def record(self, failed: bool, slow: bool, now: float) -> bool:
-        """Count a call of the closed breaker; whether its window now says open."""
+        """Count a call of the closed breaker (and set :attr:`rate`); whether its window now
+        says open."""
         window = self._closed
         window.record(failed, slow, now)
-        calls = window.calls
-        return calls >= self._min_calls and self._over(calls, window.failures, window.slow)
+        calls, failures = window.calls, window.failures
+        self.rate = failures / calls
+        if calls < self._min_calls:
+            return False
+        return failures * 100 >= self._failure_rate * calls or (
+            window.slow * 100 >= self._slow_rate * calls
+        )
 
     def record_trial(self, failed: bool, slow: bool) -> str | None:
         """Count a trial call; once every trial is done, :data:`REOPEN` or :data:`RECOVER`."""
@@ -179,6 +188,7 @@ class RateWindows:
     def closed(self) -> None:
         """The breaker closed: its window starts empty (Resilience4j resets it too)."""
         self._closed.reset()
+        self.rate = 0.0
 
     def half_opened(self) -> None:
         """The breaker half-opened: a fresh window for its trial calls."""
