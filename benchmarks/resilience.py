@@ -4,8 +4,9 @@ Compared in one process and interleaved (every round times each variant once, in
 a fresh random order; the figure is the median over rounds): the bare function,
 pybreaker and tenacity used directly, and the extension's wrappers with metrics
 off (the same work as the libraries plus ours) and on (plus a histogram
-observation or a counter increment per call), and a breaker with a ``timeout`` (each
-call handed to a worker thread). Then the reason the breaker is not pybreaker's own
+observation or a counter increment per call), breakers with a ``count:`` and a
+``time:`` window, a breaker with a ``timeout`` (each call handed to a worker thread),
+and a bulkhead with room. Then the reason the breaker is not pybreaker's own
 ``call``: 8 and 20 threads each making a 200 ms call through one breaker, without and
 with a ``timeout`` (every call must get its own worker at once, or it waits and times
 out).
@@ -31,7 +32,7 @@ import pybreaker
 import tenacity
 from flask import Flask
 
-from flask_gateway_obs import GatewayObs, breaker, retry
+from flask_gateway_obs import GatewayObs, breaker, bulkhead, retry
 
 
 def upstream() -> int:
@@ -86,14 +87,20 @@ def variants() -> dict[str, dict[str, Variant]]:
             "bare function": (upstream, None),
             "tenacity `@retry` around pybreaker `@cb`": (raw_both, None),
         },
+        "bulkhead with room": {
+            "bare function": (upstream, None),
+        },
     }
     for metrics in (False, True):
         suffix = "metrics on" if metrics else "metrics off"
         app, obs = build(metrics)
         with app.app_context():
             ours = obs.circuit_breaker("bench", fail_max=5, reset_timeout=30)
+            counted = obs.circuit_breaker("bench_count", window="count:100", reset_timeout=30)
+            timed_window = obs.circuit_breaker("bench_time", window="time:60", reset_timeout=30)
             timed = obs.circuit_breaker("bench_timed", fail_max=5, reset_timeout=30, timeout=5)
             policy = obs.retry("bench")
+            room = obs.bulkhead("bench", max_concurrent=10)
         # Decorators look the app up per call: timed inside the app's context, as in a view.
         closed, retried, both = (
             out["closed breaker"],
@@ -105,7 +112,18 @@ def variants() -> dict[str, dict[str, Variant]]:
             lambda cb=timed: cb.call(upstream),
             app,
         )
+        closed[f"ours `cb.call(fn)`, `count:100` window, {suffix}"] = (
+            lambda cb=counted: cb.call(upstream),
+            app,
+        )
+        closed[f"ours `cb.call(fn)`, `time:60` window, {suffix}"] = (
+            lambda cb=timed_window: cb.call(upstream),
+            app,
+        )
         closed[f"ours `@cb`, {suffix}"] = (ours(upstream), app)
+        rooms = out["bulkhead with room"]
+        rooms[f"ours `bh.call(fn)`, {suffix}"] = (lambda bh=room: bh.call(upstream), app)
+        rooms[f"ours `@bulkhead(name)`, {suffix}"] = (bulkhead("bench")(upstream), app)
         closed[f"ours `@breaker(name)`, {suffix}"] = (breaker("bench")(upstream), app)
         retried[f"ours `policy.call(fn)`, {suffix}"] = (lambda p=policy: p.call(upstream), app)
         retried[f"ours `@retry(name)`, {suffix}"] = (retry("bench")(upstream), app)
@@ -181,6 +199,7 @@ def main() -> None:
         "closed breaker": "pybreaker `cb.call(fn)`",
         "retry, success first time": "tenacity `Retrying(...)(fn)`",
         "retry around breaker": "tenacity `@retry` around pybreaker `@cb`",
+        "bulkhead with room": "bare function",
     }
     order = ["bare", "pybreaker", "tenacity", "ours"]
     for group, rows in groups.items():
