@@ -19,6 +19,8 @@ from .parsers import (
     _url,
     _writable_file,
 )
+from .redis import ACCEPTS as REDIS_ACCEPTS
+from .redis import redis_url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +45,10 @@ class BaseSettings:
     redis_url: str | None = _setting(
         "REDIS_URL",
         None,
-        _optional(_url("redis", "rediss", "unix")),
-        "a redis://, rediss:// or unix:// URL",
-        "Redis for the health check, default limiter storage and breaker state",
+        _optional(redis_url),
+        REDIS_ACCEPTS,
+        "Redis for the health check, default limiter storage and breaker state: one server, "
+        "Sentinel or Cluster",
     )
     database_url: str | None = _setting(
         "DATABASE_URL",

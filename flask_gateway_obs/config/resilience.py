@@ -23,8 +23,9 @@ from .parsers import (
     _positive_float,
     _setting,
     _text,
-    _url,
 )
+from .redis import ACCEPTS as REDIS_ACCEPTS
+from .redis import redis_url
 
 
 def _window(value: Any) -> str:
@@ -169,8 +170,8 @@ class ResilienceSettings:
     breaker_redis_url: str | None = _setting(
         "BREAKER_REDIS_URL",
         None,
-        _optional(_url("redis", "rediss", "unix")),
-        "a redis://, rediss:// or unix:// URL",
+        _optional(redis_url),
+        REDIS_ACCEPTS,
         "Redis for shared breaker state; default ``GATEWAY_OBS_REDIS_URL``",
     )
     breaker_redis_namespace: str | None = _setting(
