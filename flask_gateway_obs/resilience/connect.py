@@ -1,4 +1,5 @@
-"""The Redis client of shared breaker state: made from the URL, checked for raw bytes."""
+"""The Redis client of shared breaker state: the process's one for the URL, checked for
+raw bytes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from ..config import Settings
 from ..config.resilience import breaker_redis_url
+from ..core.redis import shared as redis_client
 
 __all__ = ["check_redis_client", "connect"]
 
@@ -29,8 +31,9 @@ def check_redis_client(client: Any) -> None:
 
 
 def connect(settings: Settings) -> Any:
-    """A Redis client (no connection yet) for the breakers' URL, with short timeouts and
-    no retries of its own: a slow Redis must turn into local state quickly.
+    """The process's Redis client for the breakers' URL (one server, Sentinel or Cluster),
+    with short timeouts and no retries of its own: a slow Redis must turn into local state
+    quickly. No connection is made here.
 
     :raises ValueError: without a URL, or when it asks for ``decode_responses``.
     """
@@ -41,20 +44,6 @@ def connect(settings: Settings) -> Any:
             "GATEWAY_OBS_REDIS_URL, or call "
             "flask_gateway_obs.resilience.set_breaker_redis_client(app, client)"
         )
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    timeout = settings.breaker_redis_timeout
-    client = redis.Redis.from_url(
-        found[1],
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
-    try:
-        check_redis_client(client)
-    except ValueError:
-        client.close()
-        raise
+    client = redis_client(found[1], timeout=settings.breaker_redis_timeout)
+    check_redis_client(client)
     return client

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pybreaker
 
+from ..core.redis import is_cluster
 from ..logs import LOGGER_NAME
 
 __all__ = ["LocalStorage", "SharedStorage", "StorageHealth", "check_redis_client", "moment"]
@@ -178,7 +179,10 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
             try:
                 # setnx of the initial keys: a new worker never resets a shared state.
                 remote = pybreaker.CircuitRedisStorage(
-                    pybreaker.STATE_CLOSED, self._client, namespace=self._namespace
+                    pybreaker.STATE_CLOSED,
+                    self._client,
+                    namespace=self._namespace,
+                    cluster_mode=is_cluster(self._client),
                 )
             except Exception as exc:
                 self._health.failed(exc, self._breaker)
