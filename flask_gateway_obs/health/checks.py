@@ -31,27 +31,20 @@ __all__ = ["DiskCheck", "MemoryCheck", "PostgresCheck", "RedisCheck", "redis_cli
 
 
 def redis_client(url: str, timeout: float) -> Any:
-    """The health check's own client for ``url``: connect and socket timeouts of
-    ``timeout``, one attempt (a retry would multiply what a dead host costs)."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    """The health check's own client for ``url`` (one server, Sentinel or Cluster): connect
+    and socket timeouts of ``timeout``, one attempt (a retry would multiply what a dead host
+    costs). Through Sentinel each new connection asks where the master is now."""
+    from ..core.redis import client
 
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        client_name="gateway-obs-health",
-    )
+    return client(url, timeout=timeout, health_check_interval=0, client_name="gateway-obs-health")
 
 
 class RedisCheck:
     """``PING`` through a client built from ``url`` (with connect and socket timeouts)
     or through ``client``, one the application made itself.
 
-    :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+    :param url: a ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
+        ``redis+cluster://`` URL.
     :param client: a ``redis.Redis`` (its own timeouts apply; the runner still bounds the probe).
     :param timeout: seconds for connecting and for the answer.
     """
