@@ -20,7 +20,7 @@ import pybreaker
 from ..core.redis import is_cluster
 from ..logs import LOGGER_NAME
 
-__all__ = ["LocalStorage", "SharedStorage", "StorageHealth", "check_redis_client", "moment"]
+__all__ = ["LocalStorage", "SharedStorage", "StorageHealth", "moment"]
 
 Clock = Callable[[], float]
 
@@ -277,21 +277,3 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
             storage.opened_at = at
 
         self._write(write)
-
-
-def check_redis_client(client: Any) -> None:
-    """Refuse a client that decodes responses: pybreaker's Redis storage reads bytes.
-
-    :raises ValueError: with what to do instead.
-    """
-    get_kwargs = getattr(client, "get_connection_kwargs", None)
-    if callable(get_kwargs):
-        kwargs = get_kwargs()
-    else:
-        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
-    if kwargs.get("decode_responses"):
-        raise ValueError(
-            "the Redis client for circuit-breaker state has decode_responses=True, but "
-            "pybreaker's Redis storage reads raw bytes (it calls .decode() on them). Give the "
-            "breakers a client of their own without it, e.g. redis.Redis.from_url(url)."
-        )
