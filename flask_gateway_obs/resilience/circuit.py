@@ -231,7 +231,7 @@ class CircuitBreaker(CallForms):
             if state.name == OPEN:
                 wait = self._until_half_open()
                 if wait > 0:
-                    self._count("rejected")
+                    self._rejected()
                     raise CircuitOpenError(self.name, retry_after=wait)
                 self._cb.half_open()
                 state = self._cb.state
@@ -239,7 +239,7 @@ class CircuitBreaker(CallForms):
             if trial:
                 # Consecutive: trial calls at a time; rate windows: trial calls in all.
                 if self._trials >= self.settings.half_open_max_calls:
-                    self._count("rejected")
+                    self._rejected()
                     raise CircuitOpenError(self.name, retry_after=_TRIALS_BUSY_RETRY_AFTER)
                 self._trials += 1
             if self._listeners:
@@ -260,6 +260,16 @@ class CircuitBreaker(CallForms):
             self._owner.recorder.breaker_call(self.name, outcome)
         except Exception:  # instrumentation never breaks a call
             pass
+
+    def _rejected(self) -> None:
+        """Count a refused call and mark the current (client) span: this breaker refused it."""
+        self._count("rejected")
+        tracer = getattr(self._owner, "tracer", None)
+        if tracer is not None:
+            try:  # noqa: SIM105
+                tracer.rejected(self.name)
+            except Exception:  # instrumentation never breaks a call
+                pass
 
     def _exit(
         self,
@@ -429,6 +439,19 @@ class CircuitBreaker(CallForms):
         except Exception:  # instrumentation never breaks a call
             pass
         self._report_state(new)
+        tracer = getattr(self._owner, "tracer", None)  # a span event when tracing is on
+        if tracer is not None:
+            try:  # noqa: SIM105
+                tracer.event(
+                    "circuit_breaker.state_change",
+                    {
+                        "circuit_breaker.name": self.name,
+                        "circuit_breaker.from_state": old or "",
+                        "circuit_breaker.to_state": new,
+                    },
+                )
+            except Exception:  # instrumentation never breaks a call
+                pass
 
 
 def _no_call() -> None:

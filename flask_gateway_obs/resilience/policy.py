@@ -274,6 +274,19 @@ class RetryPolicy:
                 },
             )
         self._count(call.operation, "retry")
+        tracer = getattr(self._owner, "tracer", None)  # a span event when tracing is on
+        if tracer is not None:
+            with contextlib.suppress(Exception):
+                tracer.event(
+                    "retry.attempt",
+                    {
+                        "retry.operation": call.operation,
+                        "retry.attempt": retry_state.attempt_number,
+                        "retry.max_attempts": self.settings.max_attempts,
+                        "retry.delay_s": round(call.delay, 4),
+                        "error.type": type(error).__name__,
+                    },
+                )
 
     def _count(self, operation: str, outcome: str) -> None:
         try:  # noqa: SIM105 - cheaper than contextlib.suppress on every call
