@@ -195,7 +195,7 @@ def test_dashboard_and_alerts_against_real_prometheus(
     ]
     pending = [n for n in NOT_BUILT_YET if f"# TYPE {n.removesuffix('_total')}" not in exposed]
     wanted_alerts = {"GatewayObsCircuitBreakerOpen", "GatewayObsHealthCheckFailing"}
-    deadline = time.monotonic() + 25
+    deadline = time.monotonic() + 45
     while True:
         empty = [
             (title, expr)

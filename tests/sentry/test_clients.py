@@ -352,7 +352,7 @@ def test_gunicorn_preload_workers_deliver_events_and_stop_promptly(
     port = free_port()
     env = {**os.environ, "TEST_SINK_DSN": sink.dsn, "PYTHONPATH": str(tmp_path)}
     hooks = ["-c", "python:flask_gateway_obs.gunicorn"]  # post_fork and worker_exit included
-    command = [gunicorn, *hooks, "--preload", "-w", "2", "--graceful-timeout", "10"]
+    command = [gunicorn, *hooks, "--preload", "-w", "2", "--graceful-timeout", "30"]
     errors = (tmp_path / "gunicorn.err").open("w")
     process = subprocess.Popen(
         [*command, "-b", f"127.0.0.1:{port}", "preloaded_app:app"],
@@ -373,7 +373,7 @@ def test_gunicorn_preload_workers_deliver_events_and_stop_promptly(
         process.send_signal(signal.SIGTERM)
         try:
             # A worker hung since the fork would hold the exit for the graceful timeout.
-            process.wait(timeout=8)
+            process.wait(timeout=20)
         finally:
             process.kill()
             process.wait()
