@@ -4,11 +4,12 @@ Importing the package loads the extension and the error types only; everything e
 (health, Sentry, resilience) is imported when first used.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .config import ConfigError
 from .core.context import bind_context, get_request_id
+from .core.lazy import lazy_getattr
 from .errors import (
     AppError,
     BadRequestError,
@@ -73,14 +74,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # ``breaker`` and ``retry`` bring in pybreaker and tenacity (~40 ms), the Sentry
-    # helpers the Sentry adapter's registry (not sentry-sdk): only when used.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+# breaker/retry bring in pybreaker and tenacity (~40 ms), the Sentry helpers the Sentry
+# adapter's registry (not sentry-sdk): only when used.
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
