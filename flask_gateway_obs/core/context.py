@@ -35,6 +35,7 @@ class RequestContext:
         "bound",
         "environ",
         "finished",
+        "headers",
         "in_flight",
         "method",
         "path",
@@ -72,6 +73,9 @@ class RequestContext:
         #: Fields bound with :func:`bind_context`: on every log line of the request.
         self.bound: dict[str, Any] | None = None
         self.finished = False
+        #: Headers a concern adds to the response (the rate-limit headers), appended by
+        #: the WSGI step when the response starts; None when there are none.
+        self.headers: list[tuple[str, str]] | None = None
         #: Set by the metrics observer when it counted this request as in flight.
         self.in_flight = False
         # What the response turned out to be, noted when it starts.

@@ -189,12 +189,15 @@ class _StartResponse:
                 size = int(value) if value.isdigit() else None
             elif name == ours:  # ours wins over one a view or an upstream set
                 del headers[index]
-        headers.append((state.header_name, self.ctx.request_id))
+        ctx = self.ctx
+        headers.append((state.header_name, ctx.request_id))
+        if ctx.headers:
+            headers.extend(ctx.headers)
         try:
             code = int(status[:3])
         except ValueError:
             code = 500
-        capture(self.ctx, code, size)
+        capture(ctx, code, size)
         return self.start_response(status, headers, exc_info)
 
 

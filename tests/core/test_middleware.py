@@ -49,3 +49,24 @@ def test_a_stream_closed_early_ends_the_request_once(make_app: Any) -> None:
     assert (
         metric_value(app, "http_requests_total", method="GET", route="/stream", status="200") == 1
     )
+
+
+def test_headers_a_concern_puts_on_the_request_reach_the_response(make_app: Any) -> None:
+    """Headers noted on the request's context are added when the response starts."""
+    from flask_gateway_obs.core.context import current_request
+
+    app: Flask = make_app()
+
+    @app.get("/noted")
+    def noted() -> str:
+        ctx = current_request.get()
+        assert ctx is not None
+        ctx.headers = [("X-Noted", "1"), ("X-Also", "two")]
+        return "ok"
+
+    response = app.test_client().get("/noted", headers={"X-Request-ID": "noted-1"})
+    assert response.headers["X-Noted"] == "1"
+    assert response.headers["X-Also"] == "two"
+    assert response.headers["X-Request-ID"] == "noted-1"
+    plain = app.test_client().get("/missing")
+    assert "X-Noted" not in plain.headers
