@@ -24,7 +24,13 @@ from flask import has_request_context, request
 
 from .. import errors
 from ..logs import AccessEntry
-from .context import RequestContext, current_request, parse_traceparent
+from .context import (
+    RequestContext,
+    current_request,
+    new_request_id,
+    parse_traceparent,
+    valid_request_id,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -39,7 +45,10 @@ _MAX_LOGGED_PATH = 2048
 
 def begin(state: ObsState, environ: dict[str, Any]) -> RequestContext:
     """Start a request: its ID, trace context and clock."""
-    ctx = RequestContext(state.request_id(environ), state.service, time.perf_counter(), environ)
+    request_id = environ.get(state.environ_key)
+    if request_id is None or valid_request_id(request_id) is None:
+        request_id = new_request_id()
+    ctx = RequestContext(request_id, state.service, time.perf_counter(), environ)
     traceparent = environ.get("HTTP_TRACEPARENT")
     if traceparent is not None:
         parsed = parse_traceparent(traceparent)

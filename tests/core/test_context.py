@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,12 @@ import pytest
 from flask import Flask, Response
 
 from flask_gateway_obs import bind_context, get_logger, get_request_id
-from flask_gateway_obs.core.context import RequestContext, current_request
+from flask_gateway_obs.core.context import (
+    RequestContext,
+    current_request,
+    new_request_id,
+    valid_request_id,
+)
 from flask_gateway_obs.logs import JsonFormatter
 from flask_gateway_obs.testing import capture_logs
 
@@ -144,3 +151,52 @@ def test_trace_and_span_ids_of_the_context_are_on_log_lines() -> None:
     finally:
         current_request.reset(token)
     assert (payload["trace_id"], payload["span_id"]) == ("ab" * 16, "cd" * 8)
+
+
+def test_new_request_ids_are_distinct_uuid4_texts() -> None:
+    """Generated IDs are RFC 9562 version-4 UUIDs in canonical text, never repeated."""
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert valid_request_id(text)
+
+
+def test_new_request_ids_from_many_threads_never_collide() -> None:
+    """Threads drawing IDs at once each get their own."""
+    drawn: list[list[str]] = [[] for _ in range(8)]
+
+    def draw(into: list[str]) -> None:
+        for _ in range(500):
+            into.append(new_request_id())
+
+    threads = [threading.Thread(target=draw, args=(into,)) for into in drawn]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [text for into in drawn for text in into]
+    assert len(set(every)) == len(every) == 4000
+
+
+def test_a_forked_child_never_repeats_its_parents_request_ids() -> None:
+    """A child forked mid-batch (a gunicorn worker) draws fresh IDs, not the parent's next ones."""
+    new_request_id()  # the parent holds a batch in progress
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            os.write(write, " ".join(new_request_id() for _ in range(100)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_request_id() for _ in range(100)}
+    assert len(child) == 100
+    assert not child & parent
