@@ -110,7 +110,7 @@ def _log_access(state: ObsState, ctx: RequestContext, duration: float) -> None:
             path,
             ctx.route,
             ctx.status,
-            round(duration * 1000.0, 3),
+            duration,
             environ.get("REMOTE_ADDR"),
             user_agent,
             ctx.response_size,

@@ -30,34 +30,28 @@ class AccessLog:
         self._root = logging.getLogger()
         self._fast = fast_handler if isinstance(fast_handler, _StdoutHandler) else None
 
-    def _fast_path(self) -> _StdoutHandler | None:
-        fast = self._fast
-        if fast is None:
-            return None
-        logger, parent, root_handlers = self.logger, self._parent, self._root.handlers
-        if (
-            len(root_handlers) == 1
-            and root_handlers[0] is fast
-            and not logger.handlers
-            and not parent.handlers
-            and logger.propagate
-            and parent.propagate
-            and not logger.filters
-            and not parent.filters
-            and not fast.filters
-            and fast.level <= logging.INFO
-            and type(fast.formatter) in FAST_FORMATTERS
-        ):
-            return fast
-        return None
-
     def write(self, entry: AccessEntry) -> None:
         """Log one request's access line at info."""
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
-        fast = self._fast_path()
-        if fast is not None:
-            fast.write_line(fast.formatter.access_line(entry))  # type: ignore[union-attr]
-            return
+        fast = self._fast
+        if fast is not None:  # our handler alone, as it left it: the line, directly
+            root_handlers = self._root.handlers
+            parent = self._parent
+            if (
+                len(root_handlers) == 1
+                and root_handlers[0] is fast
+                and not logger.handlers
+                and not parent.handlers
+                and logger.propagate
+                and parent.propagate
+                and not logger.filters
+                and not parent.filters
+                and not fast.filters
+                and fast.level <= logging.INFO
+                and type(fast.formatter) in FAST_FORMATTERS
+            ):
+                fast.write_line(fast.formatter.access_line(entry))  # type: ignore[union-attr]
+                return
         emit(logger, logging.INFO, entry.message, entry.fields())

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..core.context import current_request, get_request_id
+from ..core.context import RequestContext, current_request, get_request_id
 from .loggers import _RESERVED, ACCESS_LOGGER_NAME
 from .redaction import (
     REDACTED,
@@ -50,23 +50,35 @@ def _message(record: logging.LogRecord) -> str:
 _ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
+#: ``.000`` to ``.999``: the fraction of a millisecond count, without a format spec.
+_THOUSANDTHS = tuple(f".{n:03d}" for n in range(1000))
+
+
 class _Timestamps:
     """ISO 8601 UTC timestamps with milliseconds, the seconds part cached."""
 
-    __slots__ = ("_cached",)
+    __slots__ = ("_cached", "_last")
 
     def __init__(self) -> None:
         # One tuple, replaced whole, so that threads never see a second and a text
         # that don't belong together.
         self._cached = (-1, "")
+        #: The last millisecond asked for and its text (requests come many per ms).
+        self._last = (-1, "")
 
     def format(self, created: float) -> str:
-        second = int(created)
+        millis = int(created * 1000)
+        last = self._last
+        if last[0] == millis:
+            return last[1]
+        second, fraction = divmod(millis, 1000)
         cached = self._cached
         if cached[0] != second:
             cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
             self._cached = cached
-        return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
+        text = f"{cached[1]}{_THOUSANDTHS[fraction]}Z"
+        self._last = (millis, text)
+        return text
 
 
 _esc = json.encoder.encode_basestring_ascii
@@ -104,11 +116,10 @@ _ENCODER = json.JSONEncoder(default=_safe_repr, allow_nan=False)
 
 
 class AccessEntry:
-    """The fields of one access line."""
+    """The fields of one access line (``duration`` in seconds)."""
 
     __slots__ = (
-        "duration_ms",
-        "message",
+        "duration",
         "method",
         "path",
         "remote_addr",
@@ -124,20 +135,29 @@ class AccessEntry:
         path: str,
         route: str | None,
         status: int,
-        duration_ms: float,
+        duration: float,
         remote_addr: str | None,
         user_agent: str | None,
         response_size: int | None,
     ) -> None:
-        self.message = f"{method} {path} {status}"
         self.method = method
         self.path = path
         self.route = route
         self.status = status
-        self.duration_ms = duration_ms
+        self.duration = duration
         self.remote_addr = remote_addr
         self.user_agent = user_agent
         self.response_size = response_size
+
+    @property
+    def message(self) -> str:
+        """``GET /items/42 200``."""
+        return f"{self.method} {self.path} {self.status}"
+
+    @property
+    def duration_ms(self) -> float:
+        """The duration in milliseconds, to the microsecond."""
+        return round(self.duration * 1000.0, 3)
 
     def fields(self) -> dict[str, Any]:
         """The fields as ``extra`` for an ordinary log record."""
@@ -151,6 +171,24 @@ class AccessEntry:
             "user_agent": self.user_agent,
             "response_size": self.response_size,
         }
+
+
+#: How many texts :class:`_JsonTexts` keeps before it starts again.
+_MEMO_SIZE = 512
+#: Access-line templates kept per formatter (method, status, service, route).
+_MAX_TEMPLATES = 4096
+
+
+class _JsonTexts(dict[str, str]):
+    """JSON texts of strings that repeat from request to request (client addresses,
+    user agents), kept up to :data:`_MEMO_SIZE`; a miss is escaped and remembered."""
+
+    def __missing__(self, value: str) -> str:
+        text = _esc(value)
+        if len(self) >= _MEMO_SIZE:
+            self.clear()
+        self[value] = text
+        return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -168,6 +206,8 @@ class JsonFormatter(logging.Formatter):
         #: Masks ``key=value`` secrets in messages, exception texts and stacks.
         self.masker = TextMasker(self.redactor.fragments)
         self._timestamps = _Timestamps()
+        self._templates: dict[tuple[str, int, str, str | None], tuple[str, str, str, str]] = {}
+        self._texts = _JsonTexts()
 
     def build(self, record: logging.LogRecord) -> dict[str, Any]:
         """The record as a dict of JSON-ready fields."""
@@ -222,9 +262,73 @@ class JsonFormatter(logging.Formatter):
 
         The same fields, in the same order, as :meth:`build` gives for the record
         that :meth:`AccessLog.write` would otherwise log; strings go through the
-        json module's own C escaper, so the line is always valid JSON.
+        json module's own C escaper, so the line is always valid JSON. What stays the
+        same from request to request (method, status, service, route) comes from a
+        template made once per combination; the request's ID and trace IDs need no
+        escaping (they are kept only when they match their strict formats).
         """
         ctx = current_request.get()
+        e = entry
+        path = e.path
+        if ctx is None or "@" in path or "@" in e.method:  # no request, or credentials to mask
+            return self._access_line(entry, ctx)
+        key = (e.method, e.status, ctx.service, e.route)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(key)
+        opening, after_path, before_path, after_route = template
+        trace_id = ctx.trace_id
+        if trace_id is None:
+            trace = ""
+        elif ctx.span_id is None:
+            trace = f'", "trace_id": "{trace_id}'
+        else:
+            trace = f'", "trace_id": "{trace_id}", "span_id": "{ctx.span_id}'
+        micros = int(e.duration * 1_000_000)
+        escaped = _esc(path)
+        remote, agent, size, bound = e.remote_addr, e.user_agent, e.response_size, ctx.bound
+        return "".join(
+            (
+                '{"timestamp": "',
+                self._timestamps.format(time.time()),
+                opening,
+                escaped[1:-1],
+                after_path,
+                ctx.request_id,
+                trace,
+                before_path,
+                escaped,
+                after_route,
+                str(micros // 1000),
+                _THOUSANDTHS[micros % 1000],
+                ', "remote_addr": ',
+                "null" if remote is None else self._texts[remote],
+                ', "user_agent": ',
+                "null" if agent is None else self._texts[agent],
+                ', "response_size": ',
+                "null" if size is None else str(size),
+                self._bound_json(bound) if bound else "",
+                "}",
+            )
+        )
+
+    def _template(self, key: tuple[str, int, str, str | None]) -> tuple[str, str, str, str]:
+        method, status, service, route = key
+        escaped_method = _esc(method)
+        template = (
+            f'", "level": "info", "logger": "{ACCESS_LOGGER_NAME}", '
+            f'"message": "{escaped_method[1:-1]} ',
+            f' {status:d}", "service": {_esc(service)}, "request_id": "',
+            f'", "method": {escaped_method}, "path": ',
+            f', "route": {_opt(route)}, "status": {status:d}, "duration_ms": ',
+        )
+        templates = self._templates
+        if len(templates) < _MAX_TEMPLATES:  # bounded whatever methods clients send
+            templates[key] = template
+        return template
+
+    def _access_line(self, entry: AccessEntry, ctx: RequestContext | None) -> str:
+        # The general case: no template, the message masked as in build().
         if ctx is not None:
             service, request_id = ctx.service, _esc(ctx.request_id)
             trace = "" if ctx.trace_id is None else f', "trace_id": {_esc(ctx.trace_id)}'

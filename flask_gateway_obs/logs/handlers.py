@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -37,6 +39,9 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # not ge
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
+        #: ``sys.stdout`` when it is the process's own stdout, and its descriptor.
+        self._direct_stream: IO[str] | None = None
+        self._direct_fd = 1
 
     @property
     def stream(self) -> IO[str]:
@@ -51,15 +56,44 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # not ge
         pass
 
     def write_line(self, line: str) -> None:
-        """Write one pre-formatted line, as ``emit`` would."""
-        with self.lock:  # type: ignore[union-attr]
-            try:
-                stream = sys.stdout
+        """Write one pre-formatted line, as ``emit`` would.
+
+        When ``sys.stdout`` is still the process's own stdout the line goes to its file
+        descriptor in one ``write`` call, past the text and buffer layers (the line is
+        ASCII JSON; whatever sits in the buffer was written earlier by ``print`` without
+        a flush, and lines stay whole either way)."""
+        lock = self.lock
+        assert lock is not None
+        lock.acquire()
+        try:
+            stream = sys.stdout
+            if stream is self._direct_stream or (
+                stream is sys.__stdout__ and stream is not None and self._use_fd(stream)
+            ):
+                data = (line + "\n").encode()
+                written = os.write(self._direct_fd, data)
+                while written < len(data):  # a pipe took part of a long line
+                    data = data[written:]
+                    written = os.write(self._direct_fd, data)
+            else:
                 stream.write(line + "\n")
                 stream.flush()
-            except Exception:
-                pass
+        except Exception:
+            pass
+        finally:
+            lock.release()
 
+    def _use_fd(self, stream: IO[str]) -> bool:
+        # The process's stdout, a plain text file: write to its descriptor from now on.
+        try:
+            if type(stream) is not io.TextIOWrapper:
+                return False
+            stream.flush()
+            self._direct_fd = stream.fileno()
+        except (OSError, ValueError):
+            return False
+        self._direct_stream = stream
+        return True
 
 class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
     def handleError(self, record: logging.LogRecord) -> None:

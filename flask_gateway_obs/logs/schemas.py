@@ -262,7 +262,7 @@ class EcsFormatter(JsonFormatter):
             f'"http":{{"request":{{{request}}},"response":{{{body}"status_code":{e.status:d}}}}}'
             f"{trace}{span}"
             f',"url":{{"path":{_esc(e.path)}}}{route}{client}{agent}'
-            f',"event":{{"duration":{round(e.duration_ms * 1_000_000):d}}}'
+            f',"event":{{"duration":{round(e.duration * 1_000_000_000):d}}}'
             f"{self._bound_ecs(bound) if bound else ''}}}"
         )
 
@@ -397,7 +397,7 @@ class OtelFormatter(JsonFormatter):
             f'"attributes": {{{request_id}"http.request.method": {_esc(e.method)}, '
             f'"url.path": {_esc(e.path)}{route}, "http.response.status_code": {e.status:d}'
             f"{client}{agent}{size}, "
-            f'"http.server.request.duration": {float(e.duration_ms) / 1000.0!r}, '
+            f'"http.server.request.duration": {float(e.duration)!r}, '
             f"{_otel_thread()}"
             f"{self._bound_otel(bound) if bound else ''}}}{trace}, "
             f'"resource": {{"service.name": {_opt(service)}, "process.pid": {_pid():d}}}, '

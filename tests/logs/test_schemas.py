@@ -336,7 +336,7 @@ def test_unknown_schema_is_a_config_error(make_app: MakeApp) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_worker_lines_carry_its_own_pid() -> None:
     """After a fork (a gunicorn worker) the fast access lines name the child's pid."""
-    entry = AccessEntry("GET", "/x", "/x", 200, 1.0, "127.0.0.1", "ua", 2)
+    entry = AccessEntry("GET", "/x", "/x", 200, 0.001, "127.0.0.1", "ua", 2)
     ecs, otel = EcsFormatter("gw"), OtelFormatter("gw")
     ecs.access_line(entry), otel.access_line(entry)  # the parent's pid is cached now
     read, write = os.pipe()
