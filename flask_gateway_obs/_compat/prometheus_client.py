@@ -34,6 +34,8 @@ __all__ = [
     "fast_path",
     "histogram_updaters",
     "histogram_values",
+    "plain_histogram",
+    "plain_value",
     "value_adder",
     "values_of",
 ]
@@ -121,6 +123,37 @@ def value_adder(metric: Any) -> Adder:
     """
     adder: Adder = metric._value.inc
     return adder
+
+
+def plain_value(metric: Any) -> Any:
+    """The value object of a counter or gauge (or a child) when it is an in-process
+    ``MutexValue``: a float ``_value`` that only its owner changes. The request
+    observer adds to it under its own lock, one lock for all of a request's updates,
+    instead of one ``with`` per ``inc``; readers take the value's own lock and read
+    one float, which the GIL keeps whole.
+
+    :raises AttributeError: in multiprocess mode (the value is a file entry) or when the
+        value is not as the verified versions make it.
+    """
+    return _plain(metric._value)
+
+
+def plain_histogram(child: Any) -> tuple[Any, list[Any], list[float]]:
+    """``(sum value, [bucket values], upper bounds)`` of a histogram child, each a value
+    object as :func:`plain_value` gives it (``observe(v)`` adds ``v`` to the sum and 1
+    to the bucket at ``bisect_left(bounds, v)``).
+
+    :raises AttributeError: as :func:`plain_value`.
+    """
+    return _plain(child._sum), [_plain(b) for b in child._buckets], list(child._upper_bounds)
+
+
+def _plain(value: Any) -> Any:
+    from prometheus_client.values import MutexValue
+
+    if type(value) is not MutexValue or type(value._value) is not float:
+        raise AttributeError("not an in-process MutexValue")
+    return value
 
 
 def histogram_updaters(child: Any) -> tuple[Adder, list[Adder], list[float]]:

@@ -101,12 +101,19 @@ class HttpMetrics:
         self._fast = fast
         self._in_flight = in_flight
         self.exemplars = ExemplarStore(name, self._bounds)
-        self._in_flight_inc: Callable[[float], None] = (
-            self._first_in_flight if lazy_in_flight else self._adder(in_flight())
-        )
+        #: The in-flight gauge's value object when updates go straight to it (see
+        #: :func:`flask_gateway_obs._compat.prometheus_client.plain_value`).
+        self._gauge: Any = None
+        self._in_flight_inc: Callable[[float], None] = self._first_in_flight
+        if not lazy_in_flight:
+            gauge = in_flight()
+            self._gauge = self._plain(gauge)
+            self._in_flight_inc = self._adder(gauge)
         self._excluded = excluded
         self._entries: dict[tuple[str, str, int], Any] = {}
         self._lock = threading.Lock()
+        #: Held while a request's plain values change (one lock for all of them).
+        self._values_lock = threading.Lock()
 
     @property
     def fast_path(self) -> bool:
@@ -118,44 +125,92 @@ class HttpMetrics:
         # progress) are recognised by their exact path.
         if ctx.environ.get("PATH_INFO") not in self._excluded:
             ctx.in_flight = True
-            self._in_flight_inc(1.0)
+            gauge = self._gauge
+            if gauge is None:
+                self._in_flight_inc(1.0)
+                return
+            lock = self._values_lock
+            lock.acquire()
+            try:
+                gauge._value += 1.0
+            finally:
+                lock.release()
 
     def request_finished(
         self, ctx: RequestContext, method: str, route: str | None, status: int, duration: float
     ) -> None:
-        if ctx.in_flight:  # the gauge returns to idle whatever the request became
-            ctx.in_flight = False
-            self._in_flight_inc(-1.0)
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
-        if route is None:
-            # No rule matched (404, or 405 for a wrong method): an endpoint of ours
-            # is still recognised by its path, so POST /metrics is never counted.
-            if ctx.environ.get("PATH_INFO") in self._excluded:
+        entry: Any = None
+        if route is not None or ctx.environ.get("PATH_INFO") not in self._excluded:
+            # (No rule matched, 404 or 405: an endpoint of ours is still recognised by
+            # its path, so POST /metrics is never counted.)
+            if route is None:
+                route = UNMATCHED_ROUTE
+            entry = self._entries.get((method, route, status))
+            if entry is None:
+                entry = self._entry(method, route, status)
+        in_flight = ctx.in_flight
+        if type(entry) is _Plain:
+            gauge = self._gauge
+            index = _bisect(entry.bounds, duration)
+            lock = self._values_lock
+            lock.acquire()
+            try:
+                if in_flight and gauge is not None:
+                    gauge._value -= 1.0
+                entry.count._value += 1.0
+                entry.sum._value += duration
+                entry.buckets[index]._value += 1.0
+            finally:
+                lock.release()
+            if in_flight and gauge is None:
+                self._in_flight_inc(-1.0)
+            slots = entry.slots
+        else:
+            if in_flight:
+                self._leave()
+            if entry is None or entry is _SKIP:
+                ctx.in_flight = False
                 return
-            route = UNMATCHED_ROUTE
-        entry = self._entries.get((method, route, status))
-        if entry is None:
-            entry = self._entry(method, route, status)
-        if entry is _SKIP:
-            return
-        count, observe, buckets, bounds, slots = entry
-        count(1.0)
-        observe(duration)
-        if buckets is not None:
-            buckets[_bisect(bounds, duration)](1.0)
+            count, observe, buckets, bounds, slots = entry
+            count(1.0)
+            observe(duration)
+            if buckets is not None:
+                buckets[_bisect(bounds, duration)](1.0)
+        ctx.in_flight = False  # the gauge is back to idle whatever the request became
         trace_id = ctx.trace_id
         if (
             trace_id is not None
             and ctx.trace_flags in _SAMPLED
             and len(trace_id) == _TRACE_ID_LENGTH
         ):
-            slots[_bisect(bounds, duration)] = (trace_id, duration, _now())
+            slots[_bisect(self._bounds, duration)] = (trace_id, duration, _now())
+
+    def _leave(self) -> None:
+        gauge = self._gauge
+        if gauge is None:
+            self._in_flight_inc(-1.0)
+            return
+        lock = self._values_lock
+        lock.acquire()
+        try:
+            gauge._value -= 1.0
+        finally:
+            lock.release()
 
     def _first_in_flight(self, amount: float) -> None:
         adder = self._adder(self._in_flight())
         self._in_flight_inc = adder
         adder(amount)
+
+    def _plain(self, metric: Any) -> Any:
+        if self._fast:
+            try:
+                return compat.plain_value(metric)
+            except AttributeError:  # multiprocess mode: its values are file entries
+                return None
+        return None
 
     def _adder(self, gauge: Any) -> Callable[[float], None]:
         if self._fast:
@@ -180,16 +235,38 @@ class HttpMetrics:
                 slots = self.exemplars.slots(method, route)
                 entry = (counter.inc, histogram.observe, None, self._bounds, slots)
                 if self._fast:
-                    try:
-                        add_sum, add_buckets, bounds = compat.histogram_updaters(histogram)
-                        if bounds != self._bounds:
-                            raise AttributeError("bucket bounds differ")
-                        add = compat.value_adder(counter)
-                        entry = (add, add_sum, add_buckets, self._bounds, slots)
-                    except AttributeError:  # pragma: no cover - a changed prometheus_client
-                        self._fast = False
+                    entry = self._fast_entry(counter, histogram, slots) or entry
             self._entries[key] = entry
             return entry
+
+    def _fast_entry(self, counter: Any, histogram: Any, slots: Any) -> Any:
+        try:
+            try:
+                total, buckets, bounds = compat.plain_histogram(histogram)
+                if bounds == self._bounds:
+                    return _Plain(compat.plain_value(counter), total, buckets, bounds, slots)
+            except AttributeError:  # multiprocess mode: the adders below
+                pass
+            add_sum, add_buckets, bounds = compat.histogram_updaters(histogram)
+            if bounds != self._bounds:
+                raise AttributeError("bucket bounds differ")
+            return (compat.value_adder(counter), add_sum, add_buckets, self._bounds, slots)
+        except AttributeError:  # pragma: no cover - a changed prometheus_client
+            self._fast = False
+            return None
+
+
+class _Plain:
+    """A series' value objects, changed directly under the observer's lock."""
+
+    __slots__ = ("bounds", "buckets", "count", "slots", "sum")
+
+    def __init__(self, count: Any, total: Any, buckets: list[Any], bounds: list[float], slots: Any):
+        self.count = count
+        self.sum = total
+        self.buckets = buckets
+        self.bounds = bounds
+        self.slots = slots
 
 
 class ErrorCounter:

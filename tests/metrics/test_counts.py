@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import string
+import threading
 from typing import Any
 
 import pytest
@@ -172,6 +173,30 @@ def test_in_flight_counts_during_and_returns_to_zero(make_app: MakeApp) -> None:
     unread.close()  # the client hangs up before reading the body
     assert metric_value(app, "active_connections") == 0
     assert metric_value(app, "http_requests_total", route="/stream", status=200) == 2
+
+
+def test_threads_serving_at_once_lose_no_count(make_app: MakeApp) -> None:
+    """Requests served by many threads at once are each counted once, and in-flight
+    returns to 0 (a threaded server)."""
+    app = gateway(make_app)
+    per_thread, threads = 200, 6
+    start = threading.Barrier(threads)
+
+    def serve() -> None:
+        client = app.test_client()
+        start.wait()
+        for _ in range(per_thread):
+            client.get("/items/1")
+
+    workers = [threading.Thread(target=serve) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    total = per_thread * threads
+    assert metric_value(app, "http_requests_total", route="/items/<int:item_id>") == total
+    assert metric_value(app, "http_request_duration_seconds_count", method="GET") == total
+    assert metric_value(app, "active_connections") == 0
 
 
 def test_broken_metric_never_breaks_a_request(
