@@ -20,9 +20,11 @@ scrapes cost more. The choice is logged once at info level.
 
 from __future__ import annotations
 
+import bisect
 import importlib.metadata
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -31,11 +33,11 @@ from ..core import process
 __all__ = [
     "PUBLIC_PATH_ENV",
     "VERIFIED",
+    "PlainGauge",
+    "PlainSeries",
     "fast_path",
     "histogram_updaters",
     "histogram_values",
-    "plain_histogram",
-    "plain_value",
     "value_adder",
     "values_of",
 ]
@@ -48,6 +50,7 @@ PUBLIC_PATH_ENV = "FGO_PUBLIC_PATH"
 _log = logging.getLogger("flask_gateway_obs.metrics")
 
 Adder = Callable[[float], None]
+_bisect = bisect.bisect_left
 
 
 def fast_path() -> bool:
@@ -125,27 +128,67 @@ def value_adder(metric: Any) -> Adder:
     return adder
 
 
-def plain_value(metric: Any) -> Any:
-    """The value object of a counter or gauge (or a child) when it is an in-process
-    ``MutexValue``: a float ``_value`` that only its owner changes. The request
-    observer adds to it under its own lock, one lock for all of a request's updates,
-    instead of one ``with`` per ``inc``; readers take the value's own lock and read
-    one float, which the GIL keeps whole.
+class PlainGauge:
+    """An in-process gauge (or child) changed under a lock shared with
+    :class:`PlainSeries`: its ``MutexValue``'s float ``_value`` is added to directly,
+    which only this module does; readers take the value's own lock and read one float,
+    which the GIL keeps whole.
 
     :raises AttributeError: in multiprocess mode (the value is a file entry) or when the
         value is not as the verified versions make it.
     """
-    return _plain(metric._value)
+
+    __slots__ = ("lock", "value")
+
+    def __init__(self, gauge: Any, lock: threading.Lock) -> None:
+        self.value = _plain(gauge._value)
+        self.lock = lock
+
+    def add(self, amount: float) -> None:
+        """What ``inc(amount)`` does, under the shared lock."""
+        lock = self.lock
+        lock.acquire()
+        try:
+            self.value._value += amount
+        finally:
+            lock.release()
 
 
-def plain_histogram(child: Any) -> tuple[Any, list[Any], list[float]]:
-    """``(sum value, [bucket values], upper bounds)`` of a histogram child, each a value
-    object as :func:`plain_value` gives it (``observe(v)`` adds ``v`` to the sum and 1
-    to the bucket at ``bisect_left(bounds, v)``).
+class PlainSeries:
+    """One request series: a counter child and a histogram child, changed together
+    under one lock (and the in-flight gauge with them) instead of one ``with`` block
+    per ``inc``. See :class:`PlainGauge`.
 
-    :raises AttributeError: as :func:`plain_value`.
+    :raises AttributeError: as :class:`PlainGauge`.
     """
-    return _plain(child._sum), [_plain(b) for b in child._buckets], list(child._upper_bounds)
+
+    __slots__ = ("bounds", "buckets", "count", "gauge", "lock", "sum")
+
+    def __init__(
+        self, counter: Any, histogram: Any, gauge: PlainGauge | None, lock: threading.Lock
+    ) -> None:
+        self.count = _plain(counter._value)
+        self.sum = _plain(histogram._sum)
+        self.buckets = [_plain(bucket) for bucket in histogram._buckets]
+        self.bounds = list(histogram._upper_bounds)
+        self.gauge = gauge.value if gauge is not None else None
+        self.lock = lock
+
+    def record(self, duration: float, leaving: bool) -> None:
+        """``inc()`` the counter and ``observe(duration)`` the histogram; one less in
+        flight too when ``leaving`` (and the gauge is plain)."""
+        index = _bisect(self.bounds, duration)
+        gauge = self.gauge
+        lock = self.lock
+        lock.acquire()
+        try:
+            if leaving and gauge is not None:
+                gauge._value -= 1.0
+            self.count._value += 1.0
+            self.sum._value += duration
+            self.buckets[index]._value += 1.0
+        finally:
+            lock.release()
 
 
 def _plain(value: Any) -> Any:

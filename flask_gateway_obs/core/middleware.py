@@ -20,9 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from flask import has_request_context, request
-
 from .. import errors
+from .._compat import flask as compat_flask
 from ..logs import AccessEntry
 from .context import (
     RequestContext,
@@ -66,8 +65,9 @@ def capture(ctx: RequestContext, status: int, size: int | None) -> None:
     """Note what the response is, while Flask's request context (if any) is still there."""
     ctx.status = status
     ctx.response_size = size
-    if has_request_context():
-        req = request._get_current_object()  # type: ignore[attr-defined]
+    flask_ctx = compat_flask.request_ctx()
+    if flask_ctx is not None:
+        req = flask_ctx.request
         rule = req.url_rule
         ctx.method, ctx.path = req.method, req.path
         ctx.route = rule.rule if rule is not None else None
@@ -190,14 +190,16 @@ class _StartResponse:
     ) -> Callable[[bytes], object]:
         state = self.state
         ours = state.header_name_lower
+        ours_length = len(ours)
         size = None
         for index in range(len(headers) - 1, -1, -1):
-            name = headers[index][0].lower()
-            if name == "content-length":
+            name = headers[index][0]
+            length = len(name)  # cheaper than lower() on every name
+            if length == 14 and name.lower() == "content-length":
                 value = headers[index][1]
                 size = int(value) if value.isdigit() else None
-            elif name == ours:  # ours wins over one a view or an upstream set
-                del headers[index]
+            elif length == ours_length and name.lower() == ours:
+                del headers[index]  # ours wins over one a view or an upstream set
         ctx = self.ctx
         headers.append((state.header_name, ctx.request_id))
         if ctx.headers:

@@ -101,19 +101,16 @@ class HttpMetrics:
         self._fast = fast
         self._in_flight = in_flight
         self.exemplars = ExemplarStore(name, self._bounds)
-        #: The in-flight gauge's value object when updates go straight to it (see
-        #: :func:`flask_gateway_obs._compat.prometheus_client.plain_value`).
-        self._gauge: Any = None
+        #: Held while a request's values change, when they are changed directly (the
+        #: fast path in one process): one lock for all of a request's updates.
+        self._values_lock = threading.Lock()
+        self._gauge: compat.PlainGauge | None = None
         self._in_flight_inc: Callable[[float], None] = self._first_in_flight
         if not lazy_in_flight:
-            gauge = in_flight()
-            self._gauge = self._plain(gauge)
-            self._in_flight_inc = self._adder(gauge)
+            self._in_flight_inc = self._adder(in_flight())
         self._excluded = excluded
         self._entries: dict[tuple[str, str, int], Any] = {}
         self._lock = threading.Lock()
-        #: Held while a request's plain values change (one lock for all of them).
-        self._values_lock = threading.Lock()
 
     @property
     def fast_path(self) -> bool:
@@ -125,23 +122,16 @@ class HttpMetrics:
         # progress) are recognised by their exact path.
         if ctx.environ.get("PATH_INFO") not in self._excluded:
             ctx.in_flight = True
-            gauge = self._gauge
-            if gauge is None:
-                self._in_flight_inc(1.0)
-                return
-            lock = self._values_lock
-            lock.acquire()
-            try:
-                gauge._value += 1.0
-            finally:
-                lock.release()
+            self._in_flight_inc(1.0)
 
     def request_finished(
         self, ctx: RequestContext, method: str, route: str | None, status: int, duration: float
     ) -> None:
+        in_flight = ctx.in_flight
+        ctx.in_flight = False  # the gauge returns to idle whatever the request became
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
-        entry: Any = None
+        entry: Any = _SKIP
         if route is not None or ctx.environ.get("PATH_INFO") not in self._excluded:
             # (No rule matched, 404 or 405: an endpoint of ours is still recognised by
             # its path, so POST /metrics is never counted.)
@@ -150,35 +140,22 @@ class HttpMetrics:
             entry = self._entries.get((method, route, status))
             if entry is None:
                 entry = self._entry(method, route, status)
-        in_flight = ctx.in_flight
-        if type(entry) is _Plain:
-            gauge = self._gauge
-            index = _bisect(entry.bounds, duration)
-            lock = self._values_lock
-            lock.acquire()
-            try:
-                if in_flight and gauge is not None:
-                    gauge._value -= 1.0
-                entry.count._value += 1.0
-                entry.sum._value += duration
-                entry.buckets[index]._value += 1.0
-            finally:
-                lock.release()
-            if in_flight and gauge is None:
+        if entry is _SKIP:
+            if in_flight:
                 self._in_flight_inc(-1.0)
-            slots = entry.slots
+            return
+        count, observe, buckets, bounds, slots = entry
+        if count is None:  # a PlainSeries: every value in one step, in flight included
+            observe.record(duration, in_flight)
+            if in_flight and observe.gauge is None:
+                self._in_flight_inc(-1.0)
         else:
             if in_flight:
-                self._leave()
-            if entry is None or entry is _SKIP:
-                ctx.in_flight = False
-                return
-            count, observe, buckets, bounds, slots = entry
+                self._in_flight_inc(-1.0)
             count(1.0)
             observe(duration)
             if buckets is not None:
                 buckets[_bisect(bounds, duration)](1.0)
-        ctx.in_flight = False  # the gauge is back to idle whatever the request became
         trace_id = ctx.trace_id
         if (
             trace_id is not None
@@ -187,33 +164,18 @@ class HttpMetrics:
         ):
             slots[_bisect(self._bounds, duration)] = (trace_id, duration, _now())
 
-    def _leave(self) -> None:
-        gauge = self._gauge
-        if gauge is None:
-            self._in_flight_inc(-1.0)
-            return
-        lock = self._values_lock
-        lock.acquire()
-        try:
-            gauge._value -= 1.0
-        finally:
-            lock.release()
-
     def _first_in_flight(self, amount: float) -> None:
         adder = self._adder(self._in_flight())
         self._in_flight_inc = adder
         adder(amount)
 
-    def _plain(self, metric: Any) -> Any:
-        if self._fast:
-            try:
-                return compat.plain_value(metric)
-            except AttributeError:  # multiprocess mode: its values are file entries
-                return None
-        return None
-
     def _adder(self, gauge: Any) -> Callable[[float], None]:
         if self._fast:
+            try:
+                self._gauge = compat.PlainGauge(gauge, self._values_lock)
+                return self._gauge.add
+            except AttributeError:  # multiprocess mode: its values are file entries
+                pass
             try:
                 return compat.value_adder(gauge)
             except AttributeError:  # pragma: no cover - a changed prometheus_client
@@ -241,12 +203,12 @@ class HttpMetrics:
 
     def _fast_entry(self, counter: Any, histogram: Any, slots: Any) -> Any:
         try:
-            try:
-                total, buckets, bounds = compat.plain_histogram(histogram)
-                if bounds == self._bounds:
-                    return _Plain(compat.plain_value(counter), total, buckets, bounds, slots)
-            except AttributeError:  # multiprocess mode: the adders below
-                pass
+            series = compat.PlainSeries(counter, histogram, self._gauge, self._values_lock)
+            if series.bounds == self._bounds:
+                return (None, series, None, self._bounds, slots)
+        except AttributeError:  # multiprocess mode: the adders below
+            pass
+        try:
             add_sum, add_buckets, bounds = compat.histogram_updaters(histogram)
             if bounds != self._bounds:
                 raise AttributeError("bucket bounds differ")
@@ -254,19 +216,6 @@ class HttpMetrics:
         except AttributeError:  # pragma: no cover - a changed prometheus_client
             self._fast = False
             return None
-
-
-class _Plain:
-    """A series' value objects, changed directly under the observer's lock."""
-
-    __slots__ = ("bounds", "buckets", "count", "slots", "sum")
-
-    def __init__(self, count: Any, total: Any, buckets: list[Any], bounds: list[float], slots: Any):
-        self.count = count
-        self.sum = total
-        self.buckets = buckets
-        self.bounds = bounds
-        self.slots = slots
 
 
 class ErrorCounter:
