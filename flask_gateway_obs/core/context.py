@@ -34,12 +34,14 @@ class RequestContext:
 
     __slots__ = (
         "bound",
+        "duration",
         "environ",
         "finished",
         "headers",
         "in_flight",
         "method",
         "path",
+        "remote_addr",
         "request_id",
         "response_size",
         "route",
@@ -50,7 +52,14 @@ class RequestContext:
         "status",
         "trace_flags",
         "trace_id",
+        "user_agent",
     )
+
+    # Set by the WSGI step just before the access line, which reads the context as
+    # its fields (see flask_gateway_obs.logs.AccessFields).
+    duration: float
+    remote_addr: str | None
+    user_agent: str | None
 
     def __init__(
         self,

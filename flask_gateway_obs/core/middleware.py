@@ -97,25 +97,30 @@ def finish(state: ObsState, ctx: RequestContext) -> None:
 
 
 def _log_access(state: ObsState, ctx: RequestContext, duration: float) -> None:
-    path = ctx.path
-    if len(path) > _MAX_LOGGED_PATH:
-        path = path[:_MAX_LOGGED_PATH] + "..."
+    # The context is the line's fields: nothing is built per request.
     environ = ctx.environ
     user_agent = environ.get("HTTP_USER_AGENT")
     if user_agent is not None and len(user_agent) > state.ua_max:
         user_agent = user_agent[: state.ua_max]
-    state.access_log.write(
-        AccessEntry(
-            ctx.method,
-            path,
-            ctx.route,
-            ctx.status,
-            duration,
-            environ.get("REMOTE_ADDR"),
-            user_agent,
-            ctx.response_size,
+    ctx.duration = duration
+    ctx.remote_addr = environ.get("REMOTE_ADDR")
+    ctx.user_agent = user_agent
+    path = ctx.path
+    if len(path) > _MAX_LOGGED_PATH:
+        state.access_log.write(
+            AccessEntry(
+                ctx.method,
+                path[:_MAX_LOGGED_PATH] + "...",
+                ctx.route,
+                ctx.status,
+                duration,
+                ctx.remote_addr,
+                user_agent,
+                ctx.response_size,
+            )
         )
-    )
+    else:
+        state.access_log.write(ctx)
 
 
 def escaped_error(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..core.context import RequestContext, current_request, get_request_id, get_trace_id
 from .access import AccessLog
-from .formatters import AccessEntry, ConsoleFormatter, JsonFormatter
+from .formatters import AccessEntry, AccessFields, ConsoleFormatter, JsonFormatter
 from .handlers import (
     RequestContextFilter,
     ServerAccessLineFilter,
@@ -35,6 +35,7 @@ __all__ = [
     "REPORT_FRAGMENTS",
     "SECRET_FRAGMENTS",
     "AccessEntry",
+    "AccessFields",
     "AccessLog",
     "BoundLogger",
     "ConsoleFormatter",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 
-from .formatters import AccessEntry
+from .formatters import AccessFields, access_fields, access_message
 from .handlers import _StdoutHandler
 from .loggers import ACCESS_LOGGER_NAME, LOGGER_NAME, emit
 from .schemas import SCHEMAS
@@ -30,7 +30,7 @@ class AccessLog:
         self._root = logging.getLogger()
         self._fast = fast_handler if isinstance(fast_handler, _StdoutHandler) else None
 
-    def write(self, entry: AccessEntry) -> None:
+    def write(self, entry: AccessFields) -> None:
         """Log one request's access line at info."""
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
@@ -54,4 +54,4 @@ class AccessLog:
             ):
                 fast.write_line(fast.formatter.access_line(entry))  # type: ignore[union-attr]
                 return
-        emit(logger, logging.INFO, entry.message, entry.fields())
+        emit(logger, logging.INFO, access_message(entry), access_fields(entry))

@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.context import RequestContext, current_request, get_request_id
 from .loggers import _RESERVED, ACCESS_LOGGER_NAME
@@ -115,6 +115,21 @@ def _opt(value: str | None) -> str:
 _ENCODER = json.JSONEncoder(default=_safe_repr, allow_nan=False)
 
 
+class AccessFields(Protocol):
+    """What an access line is made of (``duration`` in seconds). The WSGI step passes
+    the request's own context, which has these fields, so no object is built per
+    request; :class:`AccessEntry` is the stand-alone form."""
+
+    method: str
+    path: str
+    route: str | None
+    status: int
+    duration: float
+    remote_addr: str | None
+    user_agent: str | None
+    response_size: int | None
+
+
 class AccessEntry:
     """The fields of one access line (``duration`` in seconds)."""
 
@@ -149,28 +164,24 @@ class AccessEntry:
         self.user_agent = user_agent
         self.response_size = response_size
 
-    @property
-    def message(self) -> str:
-        """``GET /items/42 200``."""
-        return f"{self.method} {self.path} {self.status}"
 
-    @property
-    def duration_ms(self) -> float:
-        """The duration in milliseconds, to the microsecond."""
-        return round(self.duration * 1000.0, 3)
+def access_message(entry: AccessFields) -> str:
+    """``GET /items/42 200``: the access line's message."""
+    return f"{entry.method} {entry.path} {entry.status}"
 
-    def fields(self) -> dict[str, Any]:
-        """The fields as ``extra`` for an ordinary log record."""
-        return {
-            "method": self.method,
-            "path": self.path,
-            "route": self.route,
-            "status": self.status,
-            "duration_ms": self.duration_ms,
-            "remote_addr": self.remote_addr,
-            "user_agent": self.user_agent,
-            "response_size": self.response_size,
-        }
+
+def access_fields(entry: AccessFields) -> dict[str, Any]:
+    """The fields as ``extra`` for an ordinary log record (``duration_ms`` to the µs)."""
+    return {
+        "method": entry.method,
+        "path": entry.path,
+        "route": entry.route,
+        "status": entry.status,
+        "duration_ms": round(entry.duration * 1000.0, 3),
+        "remote_addr": entry.remote_addr,
+        "user_agent": entry.user_agent,
+        "response_size": entry.response_size,
+    }
 
 
 #: How many texts :class:`_JsonTexts` keeps before it starts again.
@@ -257,7 +268,7 @@ class JsonFormatter(logging.Formatter):
             return message  # method, path and status, as on the fast path
         return self.masker.mask(message)
 
-    def access_line(self, entry: AccessEntry) -> str:
+    def access_line(self, entry: AccessFields) -> str:
         """The JSON line of an access record, built without a ``LogRecord``.
 
         The same fields, in the same order, as :meth:`build` gives for the record
@@ -327,7 +338,7 @@ class JsonFormatter(logging.Formatter):
             templates[key] = template
         return template
 
-    def _access_line(self, entry: AccessEntry, ctx: RequestContext | None) -> str:
+    def _access_line(self, entry: AccessFields, ctx: RequestContext | None) -> str:
         # The general case: no template, the message masked as in build().
         if ctx is not None:
             service, request_id = ctx.service, _esc(ctx.request_id)
@@ -338,13 +349,13 @@ class JsonFormatter(logging.Formatter):
         else:
             service, request_id, trace, bound = self.service, "null", "", None
         e = entry
-        message = _esc(mask_url_credentials(e.message))
+        message = _esc(mask_url_credentials(access_message(e)))
         return (
             f'{{"timestamp": "{self._timestamps.format(time.time())}", "level": "info", '
             f'"logger": "{ACCESS_LOGGER_NAME}", "message": {message}, '
             f'"service": {_esc(service)}, "request_id": {request_id}{trace}, '
             f'"method": {_esc(e.method)}, "path": {_esc(e.path)}, "route": {_opt(e.route)}, '
-            f'"status": {e.status:d}, "duration_ms": {e.duration_ms!r}, '
+            f'"status": {e.status:d}, "duration_ms": {round(e.duration * 1000.0, 3)!r}, '
             f'"remote_addr": {_opt(e.remote_addr)}, "user_agent": {_opt(e.user_agent)}, '
             f'"response_size": {"null" if e.response_size is None else f"{e.response_size:d}"}'
             f"{self._bound_json(bound) if bound else ''}}}"

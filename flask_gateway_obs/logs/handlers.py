@@ -95,6 +95,7 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # not ge
         self._direct_stream = stream
         return True
 
+
 class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         pass

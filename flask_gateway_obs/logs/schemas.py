@@ -28,7 +28,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.context import current_request
-from .formatters import _ENCODER, AccessEntry, JsonFormatter, _esc, _level_name, _opt
+from .formatters import (
+    _ENCODER,
+    AccessFields,
+    JsonFormatter,
+    _esc,
+    _level_name,
+    _opt,
+    access_message,
+)
 from .loggers import ACCESS_LOGGER_NAME
 from .redaction import _safe_repr, mask_url_credentials
 
@@ -234,12 +242,12 @@ class EcsFormatter(JsonFormatter):
                 _merge_extra(doc, key, value, _ECS_TAKEN)
         return doc
 
-    def access_line(self, entry: AccessEntry) -> str:
+    def access_line(self, entry: AccessFields) -> str:
         """The ECS document of an access record, without a ``LogRecord``: the same fields
         as :meth:`format` gives for the record the ordinary path would log."""
         ctx = current_request.get()
         e = entry
-        message = _esc(mask_url_credentials(e.message))
+        message = _esc(mask_url_credentials(access_message(e)))
         if ctx is not None:
             service, bound = ctx.service, ctx.bound
             request = f'"id":{_esc(ctx.request_id)},"method":{_esc(e.method)}'
@@ -372,7 +380,7 @@ class OtelFormatter(JsonFormatter):
         doc["instrumentation_scope"] = {"name": record.name}
         return doc
 
-    def access_line(self, entry: AccessEntry) -> str:
+    def access_line(self, entry: AccessFields) -> str:
         """The log record of an access line, without a ``LogRecord``: the same fields as
         :meth:`format` gives for the record the ordinary path would log."""
         ctx = current_request.get()
@@ -393,7 +401,7 @@ class OtelFormatter(JsonFormatter):
         agent = "" if e.user_agent is None else f', "user_agent.original": {_esc(e.user_agent)}'
         return (
             f'{{"timestamp": {time.time_ns():d}, "severity_text": "INFO", '
-            f'"severity_number": 9, "body": {_esc(mask_url_credentials(e.message))}, '
+            f'"severity_number": 9, "body": {_esc(mask_url_credentials(access_message(e)))}, '
             f'"attributes": {{{request_id}"http.request.method": {_esc(e.method)}, '
             f'"url.path": {_esc(e.path)}{route}, "http.response.status_code": {e.status:d}'
             f"{client}{agent}{size}, "
