@@ -40,6 +40,21 @@ if TYPE_CHECKING:
 __all__ = ["ObsMiddleware", "begin", "capture", "finish"]
 
 _MAX_LOGGED_PATH = 2048
+#: Status lines and Content-Length values seen, and their numbers (int() of a text is
+#: dear per request); bounded whatever upstreams send.
+_STATUS_CODES: dict[str, int] = {}
+_LENGTHS: dict[str, int] = {}
+_MAX_CACHED = 1024
+
+
+def _status_code(status: str) -> int:
+    try:
+        code = int(status[:3])
+    except ValueError:
+        return 500
+    if len(_STATUS_CODES) < _MAX_CACHED:
+        _STATUS_CODES[status] = code
+    return code
 
 
 def begin(state: ObsState, environ: dict[str, Any]) -> RequestContext:
@@ -197,22 +212,26 @@ class _StartResponse:
         ours = state.header_name_lower
         ours_length = len(ours)
         size = None
-        for index in range(len(headers) - 1, -1, -1):
-            name = headers[index][0]
+        theirs = False
+        for name, value in headers:
             length = len(name)  # cheaper than lower() on every name
             if length == 14 and name.lower() == "content-length":
-                value = headers[index][1]
-                size = int(value) if value.isdigit() else None
+                size = _LENGTHS.get(value)
+                if size is None and value.isdigit():
+                    size = int(value)
+                    if len(_LENGTHS) < _MAX_CACHED:
+                        _LENGTHS[value] = size
             elif length == ours_length and name.lower() == ours:
-                del headers[index]  # ours wins over one a view or an upstream set
+                theirs = True
+        if theirs:  # ours wins over one a view or an upstream set
+            headers[:] = [header for header in headers if header[0].lower() != ours]
         ctx = self.ctx
         headers.append((state.header_name, ctx.request_id))
         if ctx.headers:
             headers.extend(ctx.headers)
-        try:
-            code = int(status[:3])
-        except ValueError:
-            code = 500
+        code = _STATUS_CODES.get(status)
+        if code is None:
+            code = _status_code(status)
         capture(ctx, code, size)
         return self.start_response(status, headers, exc_info)
 
