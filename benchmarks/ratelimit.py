@@ -10,7 +10,8 @@ reached, so the limiter does all its work on every request and never refuses::
 ``ours-*`` variants run the whole extension with logging, metrics and Sentry off,
 so ``ours-off`` is the base their rate-limit cost is measured from. Redis variants
 use ``BENCH_REDIS_URL`` (default the local server, db 15) and are skipped when it
-does not answer.
+does not answer; when they run, one Redis round trip of the same hit script is timed
+in every round too (``redis trip``), the floor a limit on Redis cannot go below.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
 import pstats
 import statistics
 import sys
@@ -29,7 +29,8 @@ from typing import Any
 
 from flask import Flask
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+from benchmarks.roundtrip import REDIS_URL, RoundTrip
+
 UNREACHED = "100000000 per hour"
 PATH = "/items/42"
 
@@ -215,12 +216,20 @@ def main(argv: list[str] | None = None) -> int:
         drive(apps[name], 300)  # warm up: first-request set-up, lazy imports
     wall: dict[str, list[float]] = {name: [] for name in apps}
     cpu: dict[str, list[float]] = {name: [] for name in apps}
-    for _ in range(rounds):
-        for name, app in apps.items():
-            # Redis round trips dominate: fewer requests keep a round short.
-            elapsed, used = drive(app, n // 4 if VARIANTS[name][2] else n)
-            wall[name].append(elapsed)
-            cpu[name].append(used)
+    trip = RoundTrip(REDIS_URL) if any(VARIANTS[name][2] for name in apps) else None
+    trips: list[float] = []
+    try:
+        for _ in range(rounds):
+            for name, app in apps.items():
+                # Redis round trips dominate: fewer requests keep a round short.
+                elapsed, used = drive(app, n // 4 if VARIANTS[name][2] else n)
+                wall[name].append(elapsed)
+                cpu[name].append(used)
+            if trip is not None:
+                trips.append(trip.batch(n // 4)[0])
+    finally:
+        if trip is not None:
+            trip.close()
     print(
         f"{'variant':17} {'wall us':>8} {'+bare':>7} {'+ours-off':>9}"
         f" {'cpu us':>8} {'+bare':>7} {'+ours-off':>9}  description"
@@ -236,9 +245,14 @@ def main(argv: list[str] | None = None) -> int:
             ours = off is not None and name.startswith("ours")
             row += f" {value - off:+9.1f}" if ours and off is not None else " " * 10
         print(f"{row}  {VARIANTS[name][0]}")
+    if trips:
+        print(
+            f"{'redis trip':17} {statistics.median(trips):8.1f}"
+            f"{' ' * 45}one round trip of the fixed-window hit script (benchmarks/roundtrip.py)"
+        )
     print(
-        f"({rounds} rounds, median; {n} requests per slice, {n // 4} for Redis variants;"
-        " cpu = this process's CPU time, so Redis's own work is not in it)"
+        f"({rounds} rounds, median; {n} requests per slice, {n // 4} for Redis variants and the"
+        " round trip; cpu = this process's CPU time, so Redis's own work is not in it)"
     )
     return 0
 

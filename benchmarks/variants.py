@@ -22,6 +22,8 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from benchmarks.roundtrip import REDIS_URL, redis_unavailable
+
 __all__ = [
     "VARIANTS",
     "Built",
@@ -66,6 +68,8 @@ class Variant:
     #: Our modules the variant needs (``flask_gateway_obs.x``).
     ours: tuple[str, ...] = ()
     description: str = ""
+    #: Servers the variant needs running (``"redis"``: :data:`benchmarks.roundtrip.REDIS_URL`).
+    services: tuple[str, ...] = ()
 
 
 def closed_port_dsn() -> str:
@@ -256,6 +260,11 @@ _RATELIMIT = (
     ("RATELIMIT_STORAGE_URI", "memory://"),
     ("RATELIMIT_DEFAULT", UNREACHED_LIMIT),
 )
+_RATELIMIT_REDIS = (
+    (_K + "RATELIMIT_ENABLED", True),
+    ("RATELIMIT_STORAGE_URI", REDIS_URL),
+    ("RATELIMIT_DEFAULT", UNREACHED_LIMIT),
+)
 _SENTRY_DSN = "<closed local port>"  # replaced by closed_port_dsn() at build time
 _TRACES_URL = "<closed local traces port>"  # replaced by closed_port_traces_url()
 _OFF = (
@@ -416,6 +425,17 @@ VARIANTS: tuple[Variant, ...] = (
         description=f"default limit {UNREACHED_LIMIT}",
     ),
     Variant(
+        "ours-ratelimit-redis",
+        "ours: core + rate limit (Redis)",
+        "ours",
+        _ours,
+        config=(*_COMMON, (_K + "METRICS_ENABLED", True), *_RATELIMIT_REDIS),
+        ours=("metrics", "ratelimit"),
+        services=("redis",),
+        description=f"default limit {UNREACHED_LIMIT} counted on the local Redis "
+        "(one script round trip per request)",
+    ),
+    Variant(
         "ours-sentry",
         "ours: core + Sentry (errors only)",
         "ours",
@@ -498,6 +518,10 @@ def unavailable_reason(variant: Variant) -> str | None:
         return (
             f"peer not installed ({', '.join(missing)}); pip install -r benchmarks/requirements.txt"
         )
+    if "redis" in variant.services:
+        reason = redis_unavailable()
+        if reason is not None:
+            return reason
     missing = [m for m in variant.ours if not _module_present(f"flask_gateway_obs.{m}")]
     if missing:
         return f"flask_gateway_obs.{missing[0]} is not in this build yet"

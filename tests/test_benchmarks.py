@@ -19,14 +19,17 @@ from typing import Any
 
 import pytest
 
-from benchmarks.run import InprocResult, json_lines_table, summarize
+from benchmarks.inproc import InprocResult, summarize
+from benchmarks.report import json_lines_table
 from benchmarks.variants import BY_NAME, config_for, unavailable_reason
-from tests.conftest import unavailable
+from tests.conftest import free_port, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_harness(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Path:
+def _run_harness(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> Path:
     output = tmp_path / "RESULTS.md"
     command = [
         sys.executable, "-m", "benchmarks.run", "--quick",
@@ -38,7 +41,7 @@ def _run_harness(tmp_path: Path, *args: str, env: dict[str, str] | None = None) 
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -112,7 +115,15 @@ def test_report_states_machine_command_and_goals(
     assert "- CPU: " in report
     assert "Flask " in report
     assert "## Goals" in report
-    assert "ours, core" in report
+    assert "load average (1 / 5 / 15 min) before: " in report
+    assert "| core (ours-core): ≤ 1.25 x bare in time, ≤ 1.18 x in instructions |" in report
+    # ours-all ran: its time is judged; the instructions section did not run: it says so.
+    assert re.search(
+        r"^\| everything on \(ours-all\)[^|]*\| \d+\.\d\d \([^|]*\) \| (met|\*\*missed\*\*) "
+        r"\| - \| not measured: instructions section not run \|",
+        report,
+        re.M,
+    )
 
 
 @pytest.mark.slow
@@ -128,10 +139,70 @@ def test_server_section_runs_gunicorn_with_the_python_client(tmp_path: Path) -> 
     )
     report = output.read_text()
     assert "the Python client benchmarks/loadgen.py" in report
-    rows = re.findall(r"^\| (bare Flask|ours: [^|]+) \| (\d+) \| (\d+) \|", report, re.M)
-    assert [row[0] for row in rows][:1] == ["bare Flask"]
-    assert len(rows) >= 2, report  # bare and at least one of ours
+    rows = re.findall(
+        r"^\| (bare Flask|ours: [^|]+) \| (\d+) \| \d+ \.\. \d+ \| (\d+|-) \|", report, re.M
+    )
+    assert [row[0] for row in rows][:2] == ["bare Flask", "ours: everything on"], report
     assert all(int(rps) > 0 for _, rps, _ in rows)
+    assert re.search(
+        r"^\| gunicorn, 2 workers, sync: everything on \(ours-all\)[^|]*\| \d+ %", report, re.M
+    )
+    raw = json.loads((tmp_path / "RESULTS.json").read_text())
+    ours = next(r for r in raw["server"] if r["variant"] == "ours-all")
+    # Each run of ours is paired with the bare run right before it.
+    assert len(ours["paired_bare_rps"]) == len(ours["runs"]) == 1
+    assert ours["share_of_bare"] == pytest.approx(
+        ours["runs"][0]["requests"] / ours["runs"][0]["elapsed_s"] / ours["paired_bare_rps"][0]
+    )
+
+
+def test_redis_limit_is_timed_with_a_round_trip_in_the_same_rounds(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The variant with a limit on Redis gets a round trip per round and a judged goal."""
+    output = _run_harness(
+        tmp_path,
+        "--sections=inproc",
+        "--variants=bare,ours-ratelimit-redis",
+        "--rounds=2",
+        "--slice=20",
+        "--profile=5",
+        env={"BENCH_REDIS_URL": redis_url},
+    )
+    report = output.read_text()
+    raw = json.loads((tmp_path / "RESULTS.json").read_text())
+    assert raw["inproc"]["ours-ratelimit-redis"]["status"] == "ok"
+    assert sorted(raw["round_trips"]["per_round"]) == ["0", "1"]
+    assert "Redis round trip (" in report
+    assert re.search(
+        r"^\| core \+ rate limit on Redis \(ours-ratelimit-redis\)[^|]*\| \d+\.\d\d "
+        r"\([\d.]+ µs vs [\d.]+ \+ [\d.]+ µs round trip\) \| (met|\*\*missed\*\*) \|",
+        report,
+        re.M,
+    )
+
+
+def test_redis_down_makes_the_redis_goal_unmeasured_not_failed(tmp_path: Path) -> None:
+    """With Redis on a closed port the run still ends; the row and the goal say why."""
+    output = _run_harness(
+        tmp_path,
+        "--sections=inproc",
+        "--variants=bare,ours-ratelimit-redis",
+        "--rounds=1",
+        "--slice=10",
+        "--profile=5",
+        env={"BENCH_REDIS_URL": f"redis://127.0.0.1:{free_port()}/15"},
+    )
+    report = output.read_text()
+    raw = json.loads((tmp_path / "RESULTS.json").read_text())
+    assert raw["inproc"]["ours-ratelimit-redis"]["status"].startswith("unavailable: Redis at")
+    assert "round_trips" not in raw
+    assert re.search(
+        r"^\| core \+ rate limit on Redis[^|]*\| - \| not measured: ours-ratelimit-redis "
+        r"unavailable: Redis at redis://127\.0\.0\.1:\d+/15 does not answer",
+        report,
+        re.M,
+    )
 
 
 def test_unknown_config_key_makes_our_variant_unavailable() -> None:
@@ -190,27 +261,29 @@ def test_neighbouring_bare_slices_take_precedence_in_pairing() -> None:
     assert summary.diff_us == pytest.approx(4.0)  # median of 3.0 (neighbours) and 5.0
 
 
-def test_instruction_count_benchmark_runs_under_callgrind(tmp_path: Path) -> None:
-    """The callgrind benchmark measures instructions per request; ours costs more than bare."""
+def test_instruction_counts_are_judged_against_the_goals(tmp_path: Path) -> None:
+    """The callgrind section counts instructions per request; the core goal gets a verdict."""
     if shutil.which("valgrind") is None:
         unavailable("valgrind is not installed (Debian package valgrind)")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.instructions",
-            "--json",
-            "--variants=bare,ours-min",
-            "--small=10",
-            "--large=40",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    output = _run_harness(
+        tmp_path,
+        "--sections=instructions",
+        "--variants=bare,ours-core",
+        "--instructions-small=10",
+        "--instructions-large=40",
         timeout=600,
-        check=False,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    counts = {c["name"]: c["per_request"] for c in json.loads(result.stdout)}
-    assert counts["bare"] > 100_000  # a Flask request is hundreds of thousands
-    assert counts["ours-min"] > counts["bare"]
+    report = output.read_text()
+    counts = json.loads((tmp_path / "RESULTS.json").read_text())["instructions"]
+    assert counts["bare"]["per_request"] > 100_000  # a Flask request is hundreds of thousands
+    assert counts["ours-core"]["per_request"] > counts["bare"]["per_request"]
+    assert "## 1b. Instructions per request" in report
+    assert re.search(r"^\| ours-core \| [\d,]+ \| 1\.\d{3} \| \+[\d,]+ \|$", report, re.M)
+    assert re.search(
+        r"^\| core \(ours-core\)[^|]*\| - \| not measured: in-process section not run "
+        r"\| 1\.\d{3} \([\d.,]+k vs bare's [\d.,]+k\) \| (met|\*\*missed\*\*) \|$",
+        report,
+        re.M,
+    )
+    tracing = r"^\| tracing on, unsampled[^\n]*not in this run's instruction variants \|$"
+    assert re.search(tracing, report, re.M)
