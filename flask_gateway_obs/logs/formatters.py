@@ -217,7 +217,7 @@ class JsonFormatter(logging.Formatter):
         #: Masks ``key=value`` secrets in messages, exception texts and stacks.
         self.masker = TextMasker(self.redactor.fragments)
         self._timestamps = _Timestamps()
-        self._templates: dict[tuple[str, int, str, str | None], tuple[str, str, str, str]] = {}
+        self._templates: dict[tuple[str, int, str, str | None], tuple[str, ...]] = {}
         self._texts = _JsonTexts()
 
     def build(self, record: logging.LogRecord) -> dict[str, Any]:
@@ -323,7 +323,7 @@ class JsonFormatter(logging.Formatter):
             )
         )
 
-    def _template(self, key: tuple[str, int, str, str | None]) -> tuple[str, str, str, str]:
+    def _template(self, key: tuple[str, int, str, str | None]) -> tuple[str, ...]:
         method, status, service, route = key
         escaped_method = _esc(method)
         template = (

@@ -27,9 +27,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.context import current_request
+from ..core.context import RequestContext, current_request
 from .formatters import (
     _ENCODER,
+    _MAX_TEMPLATES,
     AccessFields,
     JsonFormatter,
     _esc,
@@ -244,8 +245,73 @@ class EcsFormatter(JsonFormatter):
 
     def access_line(self, entry: AccessFields) -> str:
         """The ECS document of an access record, without a ``LogRecord``: the same fields
-        as :meth:`format` gives for the record the ordinary path would log."""
+        as :meth:`format` gives for the record the ordinary path would log (what repeats
+        from request to request comes from a template, as in the default schema)."""
         ctx = current_request.get()
+        e = entry
+        path = e.path
+        if ctx is None or "@" in path or "@" in e.method:  # no request, or credentials
+            return self._ecs_line(e, ctx)
+        key = (e.method, e.status, ctx.service, e.route)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._ecs_template(key)
+        opening, between, after_message, service, method, status, route = template
+        escaped = _esc(path)
+        inner = escaped[1:-1]
+        trace_id, size = ctx.trace_id, e.response_size
+        remote, agent, bound = e.remote_addr, e.user_agent, ctx.bound
+        return "".join(
+            (
+                '{"@timestamp":"',
+                self._timestamps.format(time.time()),
+                opening,
+                inner,
+                between,
+                inner,
+                after_message,
+                _ecs_process(),
+                service,
+                ctx.request_id,
+                method,
+                "" if size is None else f'"body":{{"bytes":{size}}},',
+                status,
+                "" if trace_id is None else f',"trace":{{"id":"{trace_id}"}}',
+                ""
+                if trace_id is None or ctx.span_id is None
+                else f',"span":{{"id":"{ctx.span_id}"}}',
+                ',"url":{"path":',
+                escaped,
+                route,
+                "" if remote is None else f',"client":{{"address":{self._texts[remote]}}}',
+                "" if agent is None else f',"user_agent":{{"original":{self._texts[agent]}}}',
+                ',"event":{"duration":',
+                str(int(e.duration * 1_000_000_000)),
+                "}",
+                self._bound_ecs(bound) if bound else "",
+                "}",
+            )
+        )
+
+    def _ecs_template(self, key: tuple[str, int, str, str | None]) -> tuple[str, ...]:
+        method, status, service, route = key
+        verb = _esc(method)
+        template = (
+            f'","log.level":"info","message":"{verb[1:-1]} ',
+            f' {status:d}","ecs.version":"{ECS_VERSION}",'
+            f'"log":{{"logger":"{ACCESS_LOGGER_NAME}","original":"{verb[1:-1]} ',
+            f' {status:d}"}},',
+            f',"service":{{"name":{_esc(service)}}},"http":{{"request":{{"id":"',
+            f'","method":{verb}}},"response":{{',
+            f'"status_code":{status:d}}}}}',
+            "}" if route is None else f'}},"gateway":{{"route":{_esc(route)}}}',
+        )
+        if len(self._templates) < _MAX_TEMPLATES:
+            self._templates[key] = template
+        return template
+
+    def _ecs_line(self, entry: AccessFields, ctx: RequestContext | None) -> str:
+        # The general case: no template, the message masked as in format().
         e = entry
         message = _esc(mask_url_credentials(access_message(e)))
         if ctx is not None:
@@ -382,8 +448,71 @@ class OtelFormatter(JsonFormatter):
 
     def access_line(self, entry: AccessFields) -> str:
         """The log record of an access line, without a ``LogRecord``: the same fields as
-        :meth:`format` gives for the record the ordinary path would log."""
+        :meth:`format` gives for the record the ordinary path would log (what repeats
+        from request to request comes from a template, as in the default schema)."""
         ctx = current_request.get()
+        e = entry
+        path = e.path
+        if ctx is None or "@" in path or "@" in e.method:  # no request, or credentials
+            return self._otel_line(e, ctx)
+        key = (e.method, e.status, ctx.service, e.route)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._otel_template(key)
+        opening, after_body, method, status, resource = template
+        escaped = _esc(path)
+        trace_id, size = ctx.trace_id, e.response_size
+        remote, agent, bound = e.remote_addr, e.user_agent, ctx.bound
+        if trace_id is None:
+            trace = ""
+        elif ctx.span_id is None:
+            trace = f', "trace_id": "{trace_id}"'
+        else:
+            trace = f', "trace_id": "{trace_id}", "span_id": "{ctx.span_id}"'
+        return "".join(
+            (
+                '{"timestamp": ',
+                str(time.time_ns()),
+                opening,
+                escaped[1:-1],
+                after_body,
+                ctx.request_id,
+                method,
+                escaped,
+                status,
+                "" if remote is None else f', "client.address": {self._texts[remote]}',
+                "" if agent is None else f', "user_agent.original": {self._texts[agent]}',
+                "" if size is None else f', "http.response.body.size": {size}',
+                ', "http.server.request.duration": ',
+                repr(e.duration),
+                ", ",
+                _otel_thread(),
+                self._bound_otel(bound) if bound else "",
+                "}",
+                trace,
+                resource,
+                str(_pid()),
+                f'}}, "instrumentation_scope": {{"name": "{ACCESS_LOGGER_NAME}"}}}}',
+            )
+        )
+
+    def _otel_template(self, key: tuple[str, int, str, str | None]) -> tuple[str, ...]:
+        method, status, service, route = key
+        verb = _esc(method)
+        template = (
+            f', "severity_text": "INFO", "severity_number": 9, "body": "{verb[1:-1]} ',
+            f' {status:d}", "attributes": {{"http.request.id": "',
+            f'", "http.request.method": {verb}, "url.path": ',
+            ("" if route is None else f', "http.route": {_esc(route)}')
+            + f', "http.response.status_code": {status:d}',
+            f', "resource": {{"service.name": {_opt(service)}, "process.pid": ',
+        )
+        if len(self._templates) < _MAX_TEMPLATES:
+            self._templates[key] = template
+        return template
+
+    def _otel_line(self, entry: AccessFields, ctx: RequestContext | None) -> str:
+        # The general case: no template, the body masked as in format().
         e = entry
         if ctx is not None:
             service, bound = ctx.service, ctx.bound

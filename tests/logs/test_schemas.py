@@ -363,3 +363,25 @@ def test_records_without_a_caller_have_no_empty_origin() -> None:
     assert "function" not in ecs["log"]["origin"] and None not in flat(ecs).values()
     otel = json.loads(OtelFormatter("gw").format(record))
     assert not any(key.startswith("code.") for key in otel["attributes"])
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_hostile_requests_keep_every_schema_one_valid_line(
+    make_app: MakeApp, capsys, schema: str
+) -> None:
+    """Quotes, backslashes, control and non-ASCII characters in the path, agent and
+    method, and credentials in the path, never break the line nor reach it unmasked."""
+    app = gateway(make_app, schema)
+    hostile = '/a"b\\c/%0A/\u00e9\u2028/<x>'
+    get(app, hostile, environ_overrides={"HTTP_USER_AGENT": 'ua "quoted" \\ \u00fc\r\n'})
+    get(app, "/go/https://user:hunter22@host/x")
+    with our_handlers_only():
+        app.test_client().open("/items/1", method='BR"EW\\')
+    out = capsys.readouterr().out
+    first, second, third = (flat(access_of([line], schema)) for line in lines(out))
+    assert len(out.splitlines()) == 3
+    assert hostile.replace("%0A", "\n") in first.values()
+    assert 'ua "quoted" \\ \u00fc\r\n' in first.values()
+    assert "hunter22" not in json.dumps([v for k, v in second.items() if "path" not in k])
+    assert 'BR"EW\\' in third.values()
+    assert "\u2028" not in out
