@@ -1,21 +1,30 @@
-"""limits internals the rate limiter's fast path reads: the memory storage's sweeper, and
-the fixed window's Redis script.
+"""limits internals the rate limiter's fast path reads: the memory storage's counters and
+sweeper, and the fixed window's Redis script.
 
-Verified with limits 4.1 and 5.8 (the same sweeper and the same script in both). Outside
+Verified with limits 4.1 and 5.8 (the same counters, sweeper and script in both). Outside
 the 4 and 5 series :data:`VERIFIED` is false and the concern keeps limits' own behaviour:
-a sweeper thread started as limits starts it, and fixed windows on Redis counted through
-the strategy (a round trip more per limit).
+a sweeper thread started as limits starts it, and fixed windows counted through the
+strategy (in Redis a round trip more per limit).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
 from limits.storage import MemoryStorage, RedisStorage
 
-__all__ = ["SWEEP_INTERVAL", "VERIFIED", "expirations", "incr_with_ttl", "throttle_sweeps"]
+__all__ = [
+    "SWEEP_INTERVAL",
+    "VERIFIED",
+    "MemoryHit",
+    "incr_with_ttl",
+    "memory_hit",
+    "throttle_sweeps",
+]
 
 #: limits' major versions this module was checked against (4.1 and 5.8).
 VERIFIED_MAJORS = (4, 5)
@@ -71,27 +80,77 @@ def throttle_sweeps(storage: MemoryStorage) -> MemoryStorage:
     a second longer. Outside the verified versions the storage is left as it is.
     """
     schedule = getattr(storage, _SCHEDULE_SWEEP, None) if VERIFIED else None
-    if schedule is None:
+    if schedule is None or isinstance(schedule, _Throttled):
         return storage
-    next_sweep = 0.0
-
-    def throttled() -> None:
-        nonlocal next_sweep
-        now = time.monotonic()
-        if now >= next_sweep:
-            next_sweep = now + SWEEP_INTERVAL
-            schedule()
-
     # On this instance only (the app's own storage): the class is left alone.
-    setattr(storage, _SCHEDULE_SWEEP, throttled)
+    setattr(storage, _SCHEDULE_SWEEP, _Throttled(schedule))
     return storage
 
 
-def expirations(storage: MemoryStorage) -> dict[str, float] | None:
-    """The memory storage's expiry time of each key (read per hit for the headers), or None
-    outside the verified versions (then the strategy counts)."""
-    found = getattr(storage, "expirations", None) if VERIFIED else None
-    return found if isinstance(found, dict) else None
+class _Throttled:
+    """A storage's sweep, run at most once per :data:`SWEEP_INTERVAL` (monotonic clock)."""
+
+    __slots__ = ("due", "sweep")
+
+    def __init__(self, sweep: Callable[[], None]) -> None:
+        self.sweep = sweep
+        #: When the next sweep may start.
+        self.due = 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now >= self.due:
+            self.due = now + SWEEP_INTERVAL
+            self.sweep()
+
+
+#: A fixed-window hit: (key, expiry seconds, cost) -> (count after the hit, window reset time).
+MemoryHit = Callable[[str, float, int], tuple[int, float]]
+
+
+def memory_hit(storage: MemoryStorage) -> MemoryHit | None:
+    """A fixed-window hit on ``storage``'s own counters, as its ``incr`` counts it, that also
+    returns the window's reset time; None outside the verified versions (then the strategy
+    counts).
+
+    The same counters, expiries, per-key locks and sweeps as ``MemoryStorage.incr`` (an
+    expired window dropped first, the expiry set by the hit that opens a window), so the
+    counts stay the storage's own for everything else that reads them (Flask-Limiter's
+    own evaluation, ``reset()``, its CLI); without the error-wrapping layers limits puts
+    around every storage call, which a memory storage never needs. Only for a storage
+    whose sweeps :func:`throttle_sweeps` throttles.
+    """
+    if not VERIFIED:
+        return None
+    counts = getattr(storage, "storage", None)
+    windows = getattr(storage, "expirations", None)
+    locks = getattr(storage, "locks", None)
+    sweeps = getattr(storage, _SCHEDULE_SWEEP, None)
+    if not (
+        isinstance(counts, Counter)
+        and isinstance(windows, dict)
+        and isinstance(locks, defaultdict)
+        and isinstance(sweeps, _Throttled)
+    ):
+        return None
+    clock, monotonic = time.time, time.monotonic
+
+    def hit(key: str, expiry: float, amount: int) -> tuple[int, float]:
+        now = clock()
+        if windows.get(key, 0) <= now:  # the window is over: it starts again from zero
+            counts.pop(key, None)
+            windows.pop(key, None)
+            locks.pop(key, None)
+        if monotonic() >= sweeps.due:
+            sweeps()
+        with locks[key]:
+            counts[key] += amount
+            count: int = counts[key]
+            if count == amount:
+                windows[key] = now + expiry
+        return count, windows.get(key) or now
+
+    return hit
 
 
 def incr_with_ttl(storage: RedisStorage) -> Any:

@@ -31,6 +31,7 @@ from limits.strategies import FixedWindowRateLimiter
 from .._compat import flask as compat_flask
 from .._compat import flask_limiter as compat
 from .._compat import limits as compat_limits
+from .identity import DEFAULT_ADDRESS
 from .limiter import BREACH_LINE
 from .planning import MAX_METHODS, MEMORY, REDIS, STRATEGY, PlanResolver
 from .plans import EXEMPT_PLAN, NOTHING, SLOW_PLAN, Checked, Hit, Plan, Variant
@@ -44,8 +45,7 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._incr_expire_ttl: Any = None
-        self._expirations: dict[str, float] | None = None
-        self._fast_storage: Any = None
+        self._memory_hit: compat_limits.MemoryHit | None = None
         self._record_attr = f"_gateway_obs_rate_limit_{id(self):x}"
         super().__init__(*args, **kwargs)
 
@@ -56,12 +56,11 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
             return
         self._settings = compat.settings_of(self)
         storage, mode = self.storage, STRATEGY
-        self._fast_storage = storage
         primary = self.resilient.primary if self.resilient is not None else None
         if type(primary) in (FixedWindowRateLimiter, PipelinedFixedWindow):
             if type(storage) is MemoryStorage:
-                self._expirations = compat_limits.expirations(storage)
-                if self._expirations is not None:
+                self._memory_hit = compat_limits.memory_hit(storage)
+                if self._memory_hit is not None:
                     mode = MEMORY
             elif type(storage) is RedisStorage:
                 self._incr_expire_ttl = compat_limits.incr_with_ttl(storage)
@@ -178,7 +177,7 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
                 else:
                     return False
                 if variant.rules:
-                    self._hit(state, variant, settings)
+                    self._hit(state, req.environ, variant, settings)
                     return True
                 seen = variant.seen
         # Nothing to count: Flask-Limiter would forget any earlier step's header limit.
@@ -186,31 +185,37 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
             state[self._record_attr] = Checked(seen, (), [], -1, ())
         return True
 
-    def _hit(self, state: dict[str, Any], variant: Variant, settings: compat.Settings) -> None:
+    def _hit(
+        self,
+        state: dict[str, Any],
+        environ: dict[str, Any],
+        variant: Variant,
+        settings: compat.Settings,
+    ) -> None:
         """Count the request in each limit of ``variant``, as Flask-Limiter's evaluation does."""
         rules = variant.rules
-        mode = self._fast_mode
-        storage = self._fast_storage
-        strategy = self.limiter if mode is STRATEGY else None
-        expirations: Any = self._expirations
+        memory_hit = self._memory_hit
         hits: list[Hit | None] = []
         failed: list[int] = []
         skipped = False
         for index, rule in enumerate(rules):
-            raw = rule.key_func()
-            if not raw:
-                self.logger.error(f"Skipping limit: {rule.item}. Empty value found in parameters.")
-                hits.append(None)
-                skipped = True
-                continue
-            client = raw if type(raw) is str else safe_string(raw)
+            if rule.by_address:
+                client = environ.get("REMOTE_ADDR") or DEFAULT_ADDRESS
+            else:
+                raw = rule.key_func()
+                if not raw:
+                    self.logger.error(
+                        f"Skipping limit: {rule.item}. Empty value found in parameters."
+                    )
+                    hits.append(None)
+                    skipped = True
+                    continue
+                client = raw if type(raw) is str else safe_string(raw)
             count: int | None
-            if mode is MEMORY:
-                key = f"{rule.head}{client}{rule.tail}"
-                count = storage.incr(key, rule.expiry, amount=rule.cost)
-                reset = expirations.get(key) or time.time()
+            if memory_hit is not None:
+                count, reset = memory_hit(f"{rule.head}{client}{rule.tail}", rule.expiry, rule.cost)
                 allowed = count <= rule.amount
-            elif mode is REDIS:
+            elif self._fast_mode is REDIS:
                 reply = self._incr_expire_ttl(
                     keys=[f"{rule.head}{client}{rule.tail}"], args=[rule.expiry, rule.cost]
                 )
@@ -218,8 +223,7 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
                 reset = max(int(reply[1]), 0) + time.time()
                 allowed = count <= rule.amount
             else:
-                assert strategy is not None
-                allowed = strategy.hit(rule.item, *rule.args(client), cost=rule.cost)
+                allowed = self.limiter.hit(rule.item, *rule.args(client), cost=rule.cost)
                 count, reset = None, 0.0
             hits.append((client, count, reset))
             if not allowed:

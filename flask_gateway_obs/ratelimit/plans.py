@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .identity import socket_address
+
 if TYPE_CHECKING:
     from .._compat.flask_limiter import RuntimeLimit
 
@@ -20,6 +22,7 @@ class Rule:
     __slots__ = (
         "amount",
         "amount_text",
+        "by_address",
         "cost",
         "expiry",
         "head",
@@ -41,6 +44,9 @@ class Rule:
         self.expiry = item.get_expiry()
         self.cost = int(limit.deduction_amount)
         self.key_func = limit.key_func
+        #: The key is the socket address (the default key function), read straight from
+        #: the request's environ.
+        self.by_address = limit.key_func is socket_address
         self.scope = scope
         self.prefix = key_prefix
         self.shared = limit.shared
