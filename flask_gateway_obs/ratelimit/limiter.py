@@ -6,7 +6,9 @@ limiter takes its check and its header step out of Flask's lists and runs them i
 the extension's own before- and after-request steps (so health and metrics are never
 limited, and the header step is skipped when there is nothing to do); its teardown,
 which only empties per-request state that Flask discards with the request context,
-not at all.
+not at all. Where the fast path notes the headers itself (:mod:`.fastpath`), the header
+step is registered with Flask only while a request needs it (a breach, Flask-Limiter's
+own evaluation), at the place it would have had.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -83,6 +86,12 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
         self._hook_anchor: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._setting_up = False
         self._plugged = False
+        # The header step on demand (see hold_header_step).
+        self._header_step_on_demand = False
+        self._header_step_lock = threading.Lock()
+        self._header_step_holders = 0
+        self._header_step_inserted = False
+        self._hold_attr = f"_gateway_obs_header_step_{id(self):x}"
         super().__init__(key_func, **options)
         quiet_flask_limiters_logger(self.logger)
 
@@ -111,7 +120,11 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
                 key_prefix=self._gw_key_prefix or config.get(ConfigVars.KEY_PREFIX) or "",
             )
         name_internal_views(app, self._internal_paths)
+        self._prepare_steps(app)
         self._adopt_hooks(app)
+
+    def _prepare_steps(self, app: Flask) -> None:
+        """Set up, before the request steps are plugged in, what they need."""
 
     def _adopt_hooks(self, app: Flask) -> None:
         # Hooks not found (another Flask-Limiter) stay where they are.
@@ -144,6 +157,11 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
         tell without evaluating: always)."""
         return True
 
+    def header_step_each_request(self) -> bool:
+        """Whether Flask-Limiter's header step runs after every request (else only after
+        those that need it, see :meth:`hold_header_step`)."""
+        return True
+
     def plug_in(self) -> None:
         """Put the limiter's steps into the extension's before- and after-request steps.
 
@@ -162,10 +180,50 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
                 state.request_gates.append(self.gate)
                 if not self._setting_up:
                     _register(app.before_request_funcs, state.run_gates, before_anchor)
-            if self._gw_inject is not None:
+            if self._gw_inject is not None and self.header_step_each_request():
                 state.response_hooks.append(self.response_hook)
                 if not self._setting_up:
                     _register(app.after_request_funcs, state.run_response_hooks, after_anchor)
+            elif self._gw_inject is not None:
+                self._header_step_on_demand = True
+
+    def hold_header_step(self, request_state: dict[str, Any]) -> None:
+        """Have the header step run after this request (``request_state`` is Flask's request
+        context's ``__dict__``), when it runs only on demand.
+
+        The step is registered with Flask, at the place :meth:`plug_in` would have given
+        it, while at least one request holds it, and each request lets go of it once it
+        went through it (:meth:`release_header_step`). A request that never reaches it
+        (an after-request hook failing twice) leaves it registered: it then runs after
+        every request and does nothing for those that do not hold it.
+        """
+        if not self._header_step_on_demand or self._hold_attr in request_state:
+            return
+        request_state[self._hold_attr] = True
+        state = self._state
+        with self._header_step_lock:
+            self._header_step_holders += 1
+            if self._header_step_holders == 1 and self._hook_anchor is not None:
+                if self.response_hook not in state.response_hooks:
+                    state.response_hooks.append(self.response_hook)
+                self._header_step_inserted = _register(
+                    state.app.after_request_funcs, state.run_response_hooks, self._hook_anchor[1]
+                )
+
+    def holds_header_step(self, request_state: dict[str, Any]) -> bool:
+        """Whether the header step has something to do for this request."""
+        return not self._header_step_on_demand or self._hold_attr in request_state
+
+    def release_header_step(self, request_state: dict[str, Any]) -> None:
+        """This request went through the header step: let go of it."""
+        if request_state.pop(self._hold_attr, None) is None:
+            return
+        state = self._state
+        with self._header_step_lock:
+            self._header_step_holders -= 1
+            if self._header_step_holders == 0 and self._header_step_inserted:
+                _unregister(state.app.after_request_funcs, state.run_response_hooks)
+                self._header_step_inserted = False
 
     # --- storage health ------------------------------------------------------------
 
@@ -268,20 +326,33 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
 
 def _register(
     hooks: dict[Any, list[Any]], step: Callable[..., Any], anchor: tuple[Any, ...]
-) -> None:
-    """Add ``step`` to the app-wide ``hooks`` right after the last of ``anchor`` still there.
+) -> bool:
+    """Add ``step`` to the app-wide ``hooks`` right after the last of ``anchor`` still there;
+    False if it was there already.
 
     The list is replaced, not changed: a request going through the old one is unaffected.
     """
     current = list(hooks.get(None, ()))
     if step in current:
-        return
+        return False
     position = 0
     for index, hook in enumerate(current):
         if any(hook is known for known in anchor):
             position = index + 1
     current.insert(position, step)
     hooks[None] = current
+    return True
+
+
+def _unregister(hooks: dict[Any, list[Any]], step: Callable[..., Any]) -> None:
+    """Take ``step`` out of the app-wide ``hooks`` (the list is replaced, as by _register)."""
+    current = hooks.get(None)
+    if current is not None and step in current:
+        remaining = [hook for hook in current if hook != step]
+        if remaining:
+            hooks[None] = remaining
+        else:
+            hooks.pop(None, None)
 
 
 def retry_after_of(limit: RequestLimit) -> int:

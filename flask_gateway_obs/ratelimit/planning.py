@@ -164,7 +164,7 @@ class PlanResolver(GatewayLimiter):
             scope = limit.scope_for(endpoint, method)
             if not scope:
                 raise _Unplannable  # Flask-Limiter skips it with an error, per request
-            rule = Rule(limit, scope, settings.key_prefix, storage_prefix)
+            rule = Rule(limit, scope, settings.key_prefix, storage_prefix, settings.limit_header)
             if mode is not STRATEGY:
                 # The keys must be limits' own, so that counts stay shared with every other
                 # client of the storage (raw Flask-Limiter, other versions of this one).

@@ -9,11 +9,23 @@ from .identity import socket_address
 if TYPE_CHECKING:
     from .._compat.flask_limiter import RuntimeLimit
 
-__all__ = ["EXEMPT_PLAN", "NOTHING", "SLOW_PLAN", "Checked", "Hit", "Plan", "Rule", "Variant"]
+__all__ = [
+    "EXEMPT_PLAN",
+    "NOTHING",
+    "SLOW_PLAN",
+    "Checked",
+    "Header",
+    "Hit",
+    "Plan",
+    "Rule",
+    "Variant",
+]
 
 #: (client key, count after the hit, window reset timestamp); count is None when the
 #: strategy counted (its window is read back for the headers, as Flask-Limiter does).
 Hit = tuple[str, int | None, float]
+#: A response header, as the WSGI step adds it.
+Header = tuple[str, str]
 
 
 class Rule:
@@ -29,18 +41,28 @@ class Rule:
         "item",
         "key_func",
         "limit",
+        "limit_header",
         "prefix",
         "scope",
         "shared",
         "tail",
     )
 
-    def __init__(self, limit: RuntimeLimit, scope: str, key_prefix: str, storage_prefix: str):
+    def __init__(
+        self,
+        limit: RuntimeLimit,
+        scope: str,
+        key_prefix: str,
+        storage_prefix: str,
+        limit_header: str = "X-RateLimit-Limit",
+    ):
         item = limit.limit
         self.limit = limit
         self.item = item
         self.amount = item.amount
         self.amount_text = str(item.amount)
+        #: The limit's header (the same on every response it describes).
+        self.limit_header: Header = (limit_header, self.amount_text)
         self.expiry = item.get_expiry()
         self.cost = int(limit.deduction_amount)
         self.key_func = limit.key_func
@@ -114,24 +136,13 @@ SLOW_PLAN = Plan(slow=True)
 EXEMPT_PLAN = Plan(exempt=True)
 
 
-class Checked:
-    """What a fast step did in this request: enough for the headers, or for handing
-    Flask-Limiter its own per-request state (``current_limit``) if anything asks for it."""
-
-    __slots__ = ("breached", "header", "hits", "rules", "seen")
-
-    def __init__(
-        self,
-        seen: tuple[RuntimeLimit, ...],
-        rules: tuple[Rule, ...],
-        hits: list[Hit | None],
-        header: int,
-        breached: tuple[int, ...],
-    ) -> None:
-        self.seen = seen
-        self.rules = rules
-        #: One entry per rule evaluated, None for a rule skipped (an empty client key).
-        self.hits = hits
-        #: Index of the rule the headers describe, -1 for none.
-        self.header = header
-        self.breached = breached
+#: What a fast step did in this request, kept on Flask's request context: enough for the
+#: headers, or for handing Flask-Limiter its own per-request state (``current_limit``) if
+#: anything asks for it. A plain tuple (it is made on every request):
+#: ``(seen, rules, hits, header, breached)`` - Flask-Limiter's ``seen_limits`` after the
+#: step, the rules evaluated, one hit per rule (None for a rule skipped: an empty client
+#: key), the index of the rule the headers describe (-1 for none), the indexes of the
+#: rules breached.
+Checked = tuple[
+    tuple["RuntimeLimit", ...], tuple[Rule, ...], list[Hit | None], int, tuple[int, ...]
+]
