@@ -142,6 +142,13 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
         for release in list(teardown):
             if getattr(release, "__self__", None) is self:
                 teardown.remove(release)
+        for hooks in (
+            app.before_request_funcs,
+            app.after_request_funcs,
+            app.teardown_request_funcs,
+        ):
+            if None in hooks and not hooks[None]:
+                del hooks[None]  # an empty list there still costs Flask a lookup per request
         # Where the extension's steps go if they are plugged in after init_app: after the
         # hooks the app registered before it, before those it registers later.
         self._hook_anchor = (tuple(before), tuple(after))

@@ -155,6 +155,10 @@ def test_without_a_limit_no_flask_hook_runs_per_request(make_app) -> None:
         app = make_app({Keys.RATELIMIT_ENABLED: enabled})
         app.add_url_rule("/free", "free", lambda: "free")
         assert statuses(app.test_client(), "/free", 3) == [200] * 3
-        registered = (app.before_request_funcs, app.after_request_funcs)
-        hooks.append([hook for funcs in registered for hooks_ in funcs.values() for hook in hooks_])
-    assert hooks[0] == hooks[1] == []
+        registered = (
+            app.before_request_funcs,
+            app.after_request_funcs,
+            app.teardown_request_funcs,
+        )
+        hooks.append([dict(funcs) for funcs in registered])  # not even an empty list left
+    assert hooks[0] == hooks[1] == [{}, {}, {}]
