@@ -294,9 +294,10 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
         assert inject is not None
         with contextlib.suppress(StorageUnavailable):  # fail-closed, storage down: no headers
             response = inject(response)
-        if response.status_code != 429:
+        if response.status_code != 429 or not current.breached:
             # Flask-Limiter sets Retry-After on every response; it means something only
-            # on a 429, and a 503's own value (an open breaker's) must stay as it was.
+            # on the 429 of a breach, and another response's own value (an open
+            # breaker's 503, a 429 the app made) must stay as it was.
             if before is None:
                 response.headers.remove(name)
             else:

@@ -140,6 +140,27 @@ def test_an_app_driven_without_the_wsgi_step_still_gets_the_headers(make_app) ->
 
 
 @pytest.mark.usefixtures("limiter_path")
+def test_a_429_the_view_makes_itself_keeps_its_own_retry_after(make_app) -> None:
+    """Only a limit's breach gets the limiter's Retry-After; the app's own 429 keeps its own."""
+    app = make_app({"RATELIMIT_DEFAULT": "5/minute"})
+
+    @app.get("/busy")
+    def busy() -> tuple[str, int, dict[str, str]]:
+        return "busy", 429, {"Retry-After": "7"}
+
+    @app.get("/plain-busy")
+    def plain_busy() -> tuple[str, int]:
+        return "busy", 429
+
+    client = app.test_client()
+    busy_response = client.get("/busy", environ_base=CLIENT)
+    assert busy_response.headers["Retry-After"] == "7"
+    assert busy_response.headers["X-RateLimit-Remaining"] == "4"
+    plain = client.get("/plain-busy", environ_base=CLIENT)
+    assert plain.status_code == 429 and "Retry-After" not in plain.headers
+
+
+@pytest.mark.usefixtures("limiter_path")
 def test_a_memory_window_that_expired_starts_again_from_zero(make_app) -> None:
     """Once a window is over, the next hit counts one, under the same key."""
     app = make_app({"RATELIMIT_DEFAULT": "2/minute"})
