@@ -333,9 +333,15 @@ class JsonFormatter(logging.Formatter):
             f'", "method": {escaped_method}, "path": ',
             f', "route": {_opt(route)}, "status": {status:d}, "duration_ms": ',
         )
-        templates = self._templates
-        if len(templates) < _MAX_TEMPLATES:  # bounded whatever methods clients send
-            templates[key] = template
+        return self._store(key, template)
+
+    def _store(
+        self, key: tuple[str, int, str, str | None], template: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """Keep an access-line template, up to :data:`_MAX_TEMPLATES` (bounded whatever
+        methods clients send)."""
+        if len(self._templates) < _MAX_TEMPLATES:
+            self._templates[key] = template
         return template
 
     def _access_line(self, entry: AccessFields, ctx: RequestContext | None) -> str:

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +27,6 @@ from typing import Any
 from ..core.context import RequestContext, current_request
 from .formatters import (
     _ENCODER,
-    _MAX_TEMPLATES,
     AccessFields,
     JsonFormatter,
     _esc,
@@ -38,13 +34,12 @@ from .formatters import (
     _opt,
     access_message,
 )
+from .lines import ECS_VERSION, ecs_process, ecs_template, otel_pid, otel_template, otel_thread
 from .loggers import ACCESS_LOGGER_NAME
 from .redaction import _safe_repr, mask_url_credentials
 
 __all__ = ["ECS_VERSION", "SCHEMAS", "EcsFormatter", "OtelFormatter", "formatter_class"]
 
-#: The ECS version Elastic's ecs-logging (2.x) declares on every line.
-ECS_VERSION = "1.6.0"
 _ECS_ENCODER = json.JSONEncoder(default=_safe_repr, allow_nan=False, separators=(",", ":"))
 #: What the access line's fields are called in each schema.
 _ECS_ACCESS = {
@@ -65,69 +60,6 @@ _OTEL_ACCESS = {
     "user_agent": "user_agent.original",
     "response_size": "http.response.body.size",
 }
-
-
-def _process_name() -> str:
-    """``LogRecord.processName`` as logging computes it."""
-    mp = sys.modules.get("multiprocessing")
-    if mp is not None:
-        try:
-            return str(mp.current_process().name)
-        except Exception:
-            pass
-    return "MainProcess"
-
-
-#: JSON of this process and thread, by thread: built once per thread, not per line.
-#: Emptied in a forked child, whose pid differs.
-_ECS_PROCESS: dict[tuple[int | None, str], str] = {}
-_OTEL_THREAD: dict[tuple[int | None, str], str] = {}
-_OTEL_PID: list[int] = []
-
-
-def _forget_process() -> None:
-    _ECS_PROCESS.clear()
-    _OTEL_THREAD.clear()
-    _OTEL_PID.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_process)
-
-
-def _ecs_process() -> str:
-    """``"process": {...}`` of the ECS line, as ``LogRecord`` attributes would give it."""
-    thread = threading.current_thread()
-    key = (thread.ident, thread.name)
-    text = _ECS_PROCESS.get(key)
-    if text is None:
-        if len(_ECS_PROCESS) >= 1024:
-            _ECS_PROCESS.clear()
-        text = (
-            f'"process":{{"name":{_esc(_process_name())},"pid":{os.getpid():d},'
-            f'"thread":{{"id":{thread.ident or 0:d},"name":{_esc(thread.name)}}}}}'
-        )
-        _ECS_PROCESS[key] = text
-    return text
-
-
-def _otel_thread() -> str:
-    """``"thread.id": ..., "thread.name": ...`` of the OpenTelemetry line."""
-    thread = threading.current_thread()
-    key = (thread.ident, thread.name)
-    text = _OTEL_THREAD.get(key)
-    if text is None:
-        if len(_OTEL_THREAD) >= 1024:
-            _OTEL_THREAD.clear()
-        text = f'"thread.id": {thread.ident or 0:d}, "thread.name": {_esc(thread.name)}'
-        _OTEL_THREAD[key] = text
-    return text
-
-
-def _pid() -> int:
-    if not _OTEL_PID:
-        _OTEL_PID.append(os.getpid())
-    return _OTEL_PID[0]
 
 
 def _duration_ns(duration_ms: Any) -> int | None:
@@ -255,7 +187,7 @@ class EcsFormatter(JsonFormatter):
         key = (e.method, e.status, ctx.service, e.route)
         template = self._templates.get(key)
         if template is None:
-            template = self._ecs_template(key)
+            template = self._store(key, ecs_template(key))
         opening, between, after_message, service, method, status, route = template
         escaped = _esc(path)
         inner = escaped[1:-1]
@@ -270,7 +202,7 @@ class EcsFormatter(JsonFormatter):
                 between,
                 inner,
                 after_message,
-                _ecs_process(),
+                ecs_process(),
                 service,
                 ctx.request_id,
                 method,
@@ -292,23 +224,6 @@ class EcsFormatter(JsonFormatter):
                 "}",
             )
         )
-
-    def _ecs_template(self, key: tuple[str, int, str, str | None]) -> tuple[str, ...]:
-        method, status, service, route = key
-        verb = _esc(method)
-        template = (
-            f'","log.level":"info","message":"{verb[1:-1]} ',
-            f' {status:d}","ecs.version":"{ECS_VERSION}",'
-            f'"log":{{"logger":"{ACCESS_LOGGER_NAME}","original":"{verb[1:-1]} ',
-            f' {status:d}"}},',
-            f',"service":{{"name":{_esc(service)}}},"http":{{"request":{{"id":"',
-            f'","method":{verb}}},"response":{{',
-            f'"status_code":{status:d}}}}}',
-            "}" if route is None else f'}},"gateway":{{"route":{_esc(route)}}}',
-        )
-        if len(self._templates) < _MAX_TEMPLATES:
-            self._templates[key] = template
-        return template
 
     def _ecs_line(self, entry: AccessFields, ctx: RequestContext | None) -> str:
         # The general case: no template, the message masked as in format().
@@ -332,7 +247,7 @@ class EcsFormatter(JsonFormatter):
             f'{{"@timestamp":"{self._timestamps.format(time.time())}","log.level":"info",'
             f'"message":{message},"ecs.version":"{ECS_VERSION}",'
             f'"log":{{"logger":"{ACCESS_LOGGER_NAME}","original":{message}}},'
-            f'{_ecs_process()},"service":{{"name":{_esc(service)}}},'
+            f'{ecs_process()},"service":{{"name":{_esc(service)}}},'
             f'"http":{{"request":{{{request}}},"response":{{{body}"status_code":{e.status:d}}}}}'
             f"{trace}{span}"
             f',"url":{{"path":{_esc(e.path)}}}{route}{client}{agent}'
@@ -458,7 +373,7 @@ class OtelFormatter(JsonFormatter):
         key = (e.method, e.status, ctx.service, e.route)
         template = self._templates.get(key)
         if template is None:
-            template = self._otel_template(key)
+            template = self._store(key, otel_template(key))
         opening, after_body, method, status, resource = template
         escaped = _esc(path)
         trace_id, size = ctx.trace_id, e.response_size
@@ -486,30 +401,15 @@ class OtelFormatter(JsonFormatter):
                 ', "http.server.request.duration": ',
                 repr(e.duration),
                 ", ",
-                _otel_thread(),
+                otel_thread(),
                 self._bound_otel(bound) if bound else "",
                 "}",
                 trace,
                 resource,
-                str(_pid()),
+                str(otel_pid()),
                 f'}}, "instrumentation_scope": {{"name": "{ACCESS_LOGGER_NAME}"}}}}',
             )
         )
-
-    def _otel_template(self, key: tuple[str, int, str, str | None]) -> tuple[str, ...]:
-        method, status, service, route = key
-        verb = _esc(method)
-        template = (
-            f', "severity_text": "INFO", "severity_number": 9, "body": "{verb[1:-1]} ',
-            f' {status:d}", "attributes": {{"http.request.id": "',
-            f'", "http.request.method": {verb}, "url.path": ',
-            ("" if route is None else f', "http.route": {_esc(route)}')
-            + f', "http.response.status_code": {status:d}',
-            f', "resource": {{"service.name": {_opt(service)}, "process.pid": ',
-        )
-        if len(self._templates) < _MAX_TEMPLATES:
-            self._templates[key] = template
-        return template
 
     def _otel_line(self, entry: AccessFields, ctx: RequestContext | None) -> str:
         # The general case: no template, the body masked as in format().
@@ -535,9 +435,9 @@ class OtelFormatter(JsonFormatter):
             f'"url.path": {_esc(e.path)}{route}, "http.response.status_code": {e.status:d}'
             f"{client}{agent}{size}, "
             f'"http.server.request.duration": {float(e.duration)!r}, '
-            f"{_otel_thread()}"
+            f"{otel_thread()}"
             f"{self._bound_otel(bound) if bound else ''}}}{trace}, "
-            f'"resource": {{"service.name": {_opt(service)}, "process.pid": {_pid():d}}}, '
+            f'"resource": {{"service.name": {_opt(service)}, "process.pid": {otel_pid():d}}}, '
             f'"instrumentation_scope": {{"name": "{ACCESS_LOGGER_NAME}"}}}}'
         )
 
