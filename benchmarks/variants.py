@@ -480,6 +480,24 @@ VARIANTS: tuple[Variant, ...] = (
         description="tracing on, sample rate 0: IDs on logs, nothing recorded",
     ),
     Variant(
+        "ours-tracing-unsampled-parent",
+        "ours: core + tracing, unsampled traceparent",
+        "ours",
+        _traced("00"),
+        config=(
+            *_COMMON,
+            (_K + "METRICS_ENABLED", True),
+            (_K + "TRACING_ENABLED", True),
+            (_K + "TRACING_SAMPLE_RATE", 1.0),
+            (_K + "TRACING_OTLP_ENDPOINT", _TRACES_URL),
+        ),
+        config_if_known=((_K + "RATELIMIT_ENABLED", False),),
+        modules=_PEER_MODULES["otel"][:2],
+        ours=("metrics", "tracing"),
+        description="each request carries a traceparent with flags 00: the parent's decision "
+        "wins over rate 1, nothing recorded (compare with ours-core-unsampled)",
+    ),
+    Variant(
         "ours-all",
         "ours: everything on",
         "ours",
