@@ -33,9 +33,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from .. import _version
 from .._compat import opentelemetry_flask
 from ..core import process
+from .adoption import Correlator
 from .export import ExporterLogFilter, SpanQueue
 from .propagation import Extractor
-from .server import Correlator, MessageScrubber, ServerTracing
+from .scrub import MessageScrubber
+from .server import ServerTracing
 from .tracer import OtelTracer
 
 if TYPE_CHECKING:

@@ -18,29 +18,28 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.status import Status, StatusCode
 
 from ..core.context import RequestContext, current_request
 from ..core.contracts import ErrorInfo
 from ..labels import STANDARD_METHODS
-from ..logs import REPORT_FRAGMENTS, Redactor, TextMasker
+from .adoption import Adopted, note_ids, span_of
 from .export import SpanQueue
 from .propagation import Extractor
+from .scrub import error_type_of
 from .spans import ServerSpan
 
-__all__ = ["Adopted", "Correlator", "MessageScrubber", "ServerTracing", "error_type_of", "span_of"]
+__all__ = ["ServerTracing"]
 
 _MASK64 = (1 << 64) - 1
 _MAX_PATH = 2048
-_MAX_MESSAGE = 1024
 _MAX_CACHED = 1024
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
@@ -52,72 +51,6 @@ _set_span = trace.set_span_in_context
 _get_textmap = propagate.get_global_textmap
 _EMPTY_CONTEXT = Context()
 _ERROR = Status(StatusCode.ERROR)
-
-
-class Adopted:
-    """The request's server span belongs to another instrumentation (``span`` is
-    ``None`` until it starts, for the Flask instrumentation's before-request hook)."""
-
-    __slots__ = ("span",)
-
-    def __init__(self, span: Any = None) -> None:
-        self.span = span
-
-
-def span_of(ctx: RequestContext | None) -> Any:
-    """The request's server span (ours or adopted), or ``None``."""
-    span = ctx.span if ctx is not None else None
-    return span.span if isinstance(span, Adopted) else span
-
-
-def error_type_of(error: BaseException) -> str:
-    """``error.type`` of an exception: its fully qualified class name."""
-    cls = type(error)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
-class MessageScrubber:
-    """An exception's message as error events carry it, masked as Sentry masks event text
-    (the same fragments: the logs', :data:`~flask_gateway_obs.logs.REPORT_FRAGMENTS` and
-    the configured extra ones), then cut to a bounded length.
-
-    :param fragments: the extra key fragments (``GATEWAY_OBS_LOG_REDACT_KEYS``, the Sentry
-        denylist).
-    """
-
-    def __init__(self, fragments: Iterable[str] = ()) -> None:
-        self.masker = TextMasker(Redactor((*REPORT_FRAGMENTS, *fragments)).fragments)
-
-    def __call__(self, message: str) -> str:
-        message = self.masker.mask(message)
-        if len(message) > _MAX_MESSAGE:
-            message = message[:_MAX_MESSAGE] + "..."
-        return message
-
-
-def _note_ids(ctx: RequestContext, trace_id: int, span_id: int, sampled: bool) -> None:
-    ctx.trace_id = trace_id.to_bytes(16, "big").hex()
-    ctx.span_id = span_id.to_bytes(8, "big").hex()
-    ctx.trace_flags = "01" if sampled else "00"
-
-
-class Correlator(SpanProcessor):
-    """Notes the IDs of a SERVER span that another instrumentation starts inside a
-    request the extension adopted (opentelemetry-instrumentation-flask's)."""
-
-    def on_start(self, span: Span, parent_context: Any = None) -> None:
-        if span.kind is not SpanKind.SERVER:
-            return
-        ctx = current_request.get()
-        if ctx is None or not isinstance(ctx.span, Adopted) or ctx.span.span is not None:
-            return
-        ctx.span.span = span
-        context = span.get_span_context()
-        _note_ids(ctx, context.trace_id, context.span_id, context.trace_flags.sampled)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        """Nothing to do when a span ends."""
 
 
 class ServerTracing:
@@ -258,7 +191,7 @@ class ServerTracing:
         if not outer_context.is_valid:
             return False
         ctx.span = Adopted(outer)
-        _note_ids(
+        note_ids(
             ctx, outer_context.trace_id, outer_context.span_id, outer_context.trace_flags.sampled
         )
         return True
@@ -273,9 +206,7 @@ class ServerTracing:
             attributes=self._request_attributes(ctx),
         )
         span_context = span.get_span_context()
-        _note_ids(
-            ctx, span_context.trace_id, span_context.span_id, span_context.trace_flags.sampled
-        )
+        note_ids(ctx, span_context.trace_id, span_context.span_id, span_context.trace_flags.sampled)
         ctx.span = span
         return span
 

@@ -20,7 +20,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from ..core.contracts import Tracer
 from ..errors import CircuitOpenError
 from .propagation import inject
-from .server import error_type_of
+from .scrub import error_type_of
 
 __all__ = ["ClientSpan", "OtelTracer"]
 
