@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .. import _version
+from .._compat import opentelemetry as compat_otel
 from .._compat import opentelemetry_flask
 from ..core import process
 from .adoption import Correlator
@@ -195,16 +196,18 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
             trace.set_tracer_provider(provider)  # the first app of the process
         client_tracer = provider.get_tracer(SCOPE_NAME, _version.__version__)
     scrub = MessageScrubber((*settings.log_redact_keys, *settings.sentry_denylist))
+    path = compat_otel.context_path()
     server = ServerTracing(
         app,
         state.internal_paths,
-        Extractor(),
+        Extractor(path.w3c_traceparent),
         TraceIdRatioBased(rate).bound,
         queue,
         foreign,
         opentelemetry_flask.detector(),
         state.ua_max,
         scrub,
+        path,
     )
     state.request_scope = server
     state.error_listeners.append(server.on_error)

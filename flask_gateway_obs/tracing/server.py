@@ -12,27 +12,37 @@ Spans of its own are :class:`~.spans.ServerSpan`; with a TracerProvider of the u
 the span comes from the user's tracer; with a server span already current (an outer
 WSGI instrumentation) or opentelemetry-instrumentation-flask on the app, that span is
 adopted: no second one is made, and the request's log lines carry its IDs.
+
+Per request, once the first has shown nothing else is current, ``enter`` stays on one
+flat path: no incoming W3C header is a new trace, its IDs taken from a batch
+(:mod:`.ids`), an unsampled span made without ``__init__``; a lone ``traceparent`` is
+read as the W3C propagator reads it (through the WSGI step's own reading when the value
+is a plain version-00 one); any other header, or another propagator, goes through the
+propagator's ``extract``. The context is built and attached as
+:mod:`flask_gateway_obs._compat.opentelemetry` allows (directly where verified, else
+through OpenTelemetry's public API).
 """
 
 from __future__ import annotations
 
-import random
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
+from .._compat.opentelemetry import ContextPath
 from ..core.context import RequestContext, current_request
 from ..core.contracts import ErrorInfo
 from ..labels import STANDARD_METHODS
 from .adoption import Adopted, note_ids, span_of
 from .export import SpanQueue
-from .propagation import Extractor
+from .ids import POOL, new_ids
+from .propagation import BAGGAGE_KEY, TRACEPARENT_KEY, TRACESTATE_KEY, Extractor
 from .scrub import error_type_of
 from .spans import ServerSpan
 
@@ -41,16 +51,18 @@ __all__ = ["ServerTracing"]
 _MASK64 = (1 << 64) - 1
 _MAX_PATH = 2048
 _MAX_CACHED = 1024
-_getrandbits = random.getrandbits
 _time_ns = time.time_ns
 _perf_counter = time.perf_counter
-_get_current = otel_context.get_current
-_attach = otel_context.attach
-_detach = otel_context.detach
 _set_span = trace.set_span_in_context
 _get_textmap = propagate.get_global_textmap
+_W3C_KEYS = (TRACEPARENT_KEY, TRACESTATE_KEY, BAGGAGE_KEY)
+_PARENT_HEX = slice(36, 52)  # of a version-00 traceparent
+_LOW_HEX = slice(16, None)  # a trace ID's low 64 bits, which the ratio sampler reads
+_pop_ids = POOL.pop
+_new_span = object.__new__
 _EMPTY_CONTEXT = Context()
 _ERROR = Status(StatusCode.ERROR)
+_log = logging.getLogger("flask_gateway_obs.tracing")
 
 
 class ServerTracing:
@@ -64,6 +76,7 @@ class ServerTracing:
     :param foreign: the user's tracer, when the app runs on the user's TracerProvider.
     :param instrumented: whether opentelemetry-instrumentation-flask traces an app.
     :param scrub: masks an exception's message for its event.
+    :param path: how OpenTelemetry's context is reached (fast or public path).
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class ServerTracing:
         instrumented: Callable[[Any], bool],
         ua_max: int,
         scrub: Callable[[str], str],
+        path: ContextPath,
     ) -> None:
         self.app = app
         self.excluded = excluded
@@ -84,6 +98,9 @@ class ServerTracing:
         self._instrumented: bool | None = None
         #: Whether the first request found a current context (None: not asked yet).
         self._outer: bool | None = None
+        #: Whether requests take the common path: no outer context, no other
+        #: instrumentation, the extension's own provider (known after the first).
+        self._plain = False
         self.sample_bound = sample_bound
         self.queue = queue
         self.foreign = foreign
@@ -93,89 +110,122 @@ class ServerTracing:
         self._names: dict[tuple[str, str | None], str] = {}
         self._hosts: dict[tuple[str | None, str, str], tuple[str, int | None]] = {}
         self._protocols: dict[str, str] = {}
+        self._attach = path.attach
+        self._detach = path.detach
+        self._get_current = path.get_current
+        self._span_key = path.span_key
+        self._parse_traceparent = path.parse_traceparent
 
     # --- scope: the span starts at the first enter, ends at the exit after the end -----
 
     def enter(self, ctx: RequestContext) -> Any:
-        span = ctx.span
-        if span is not None:  # a streamed body's next chunk, or its close
-            if type(span) is ServerSpan:
-                return _attach(_set_span(span, span.parent_context)), ctx
-            if isinstance(span, Adopted):
-                return None
-            return _attach(_set_span(span)), ctx
+        if ctx.span is not None:  # a streamed body's next chunk, or its close
+            return self._reenter(ctx)
         environ = ctx.environ
         if ctx.finished or environ.get("PATH_INFO") in self.excluded:
             return None
-        # Something current already (an outer WSGI instrumentation's span, an outer
-        # middleware's baggage)? Asked on every request once the first one found some.
+        if not self._plain:
+            return self._enter_first(ctx, environ)
+        # The common case, kept flat: no outer context, the extension's own provider.
+        propagator = _get_textmap()
+        extractor = self.extractor
+        if propagator is not extractor.propagator:
+            extractor.learn(propagator)
+        traceparent = environ.get("HTTP_TRACEPARENT")
+        if (
+            not extractor.w3c
+            or "HTTP_TRACESTATE" in environ
+            or "HTTP_BAGGAGE" in environ
+            or (
+                traceparent is not None
+                and not (extractor.reads_traceparent and type(traceparent) is str)
+            )
+        ):
+            span = self._start_incoming(ctx, environ, propagator, None)
+            ctx.span = span
+            return self._attach(self._with_span(span, span.parent_context)), ctx
+        if traceparent is not None:  # alone: parsed here as the W3C propagator would
+            span = self._start_remote(ctx, _EMPTY_CONTEXT, traceparent)
+            ctx.span = span
+            key = self._span_key
+            if key is None:
+                return self._attach(_set_span(span, _EMPTY_CONTEXT)), ctx
+            return self._attach(Context({key: span})), ctx
+        # No incoming context: a new trace.
+        try:
+            trace_hex, span_hex = _pop_ids()
+        except IndexError:
+            trace_hex, span_hex = new_ids()
+        ctx.trace_id = trace_hex
+        ctx.span_id = span_hex
+        bound = self.sample_bound
+        if bound and (bound > _MASK64 or int(trace_hex[_LOW_HEX], 16) < bound):
+            ctx.trace_flags = "01"
+            attributes = self._request_attributes(ctx)
+            span = ServerSpan(trace_hex, span_hex, _EMPTY_CONTEXT, None, attributes, _time_ns())
+        else:
+            ctx.trace_flags = "00"
+            span = _new_span(ServerSpan)  # unsampled: no __init__ frame (see ServerSpan)
+            span.trace_hex = trace_hex
+            span.span_hex = span_hex
+            span.parent_context = _EMPTY_CONTEXT
+        ctx.span = span
+        key = self._span_key
+        if key is None:
+            return self._attach(_set_span(span, _EMPTY_CONTEXT)), ctx
+        return self._attach(Context({key: span})), ctx
+
+    def _reenter(self, ctx: RequestContext) -> Any:
+        span = ctx.span
+        if type(span) is ServerSpan:
+            return self._attach(self._with_span(span, span.parent_context)), ctx
+        if isinstance(span, Adopted):
+            return None
+        return self._attach(self._with_span(span, self._get_current())), ctx
+
+    def _enter_first(self, ctx: RequestContext, environ: Any) -> Any:
+        """``enter`` while something may be current already (the first request, an outer
+        WSGI instrumentation or middleware), or with another instrumentation's span or the
+        user's TracerProvider."""
         current = None
-        if self._outer is not False:
-            current = _get_current()
+        if self._outer is not False:  # asked on every request once one found a context
+            current = self._get_current()
             self._outer = bool(current) or bool(self._outer)
             if current and self._adopt_outer(ctx, current):
                 return None
         instrumented = self._instrumented
         if instrumented is None:  # the app is instrumented before it serves, or never
             instrumented = self._instrumented = self.instrumented(self.app)
+        self._plain = self._outer is False and not instrumented and self.foreign is None
         if instrumented:
             ctx.span = Adopted()  # the Flask instrumentation's span comes (Correlator)
             return None
-        # The incoming context, through the global propagator (see propagation.py).
         propagator = _get_textmap()
         extractor = self.extractor
         if propagator is not extractor.propagator:
             extractor.learn(propagator)
-        parent_context = None
-        keys = extractor.keys
-        if keys is None:
-            parent_context = propagator.extract(environ, getter=extractor.getter)
-        else:
-            for key in keys:
-                if key in environ:
-                    parent_context = propagator.extract(environ, getter=extractor.getter)
-                    break
-        base = parent_context or current or _EMPTY_CONTEXT
         if self.foreign is not None:
+            parent_context = None
+            if not extractor.w3c or any(key in environ for key in _W3C_KEYS):
+                parent_context = extractor.extract(propagator, environ, current)
             span = self._start_foreign(ctx, parent_context)
-            return _attach(_set_span(span, base)), ctx
-        parent = None
-        if parent_context is not None:
-            found = trace.get_current_span(parent_context).get_span_context()
-            if found.is_valid:
-                parent = found
-        if parent is None:
-            bits = _getrandbits(192)  # a new trace: its ID and the span's in one draw
-            if not bits >> 64 or not bits & _MASK64:  # an all-zero ID is invalid
-                bits |= (1 << 64) | 1
-            trace_id = bits >> 64
-            span_id = bits & _MASK64
-            ids = bits.to_bytes(24, "big").hex()  # cheaper than two format specs
-            ctx.trace_id = ids[:32]
-            ctx.span_id = ids[32:]
-            sampled = (trace_id & _MASK64) < self.sample_bound
+            base = parent_context or current or _EMPTY_CONTEXT
+            return self._attach(self._with_span(span, base)), ctx
+        if extractor.w3c and not any(key in environ for key in _W3C_KEYS):
+            span = self._start_new(ctx, current or _EMPTY_CONTEXT)
         else:
-            trace_id = parent.trace_id
-            sampled = parent.trace_flags.sampled
-            span_id = _getrandbits(64) or 1
-            ctx.trace_id = trace_id.to_bytes(16, "big").hex()
-            ctx.span_id = span_id.to_bytes(8, "big").hex()
-        if sampled:
-            ctx.trace_flags = "01"
-            span = ServerSpan(
-                trace_id, span_id, base, parent, self._request_attributes(ctx), _time_ns()
-            )
-        else:
-            ctx.trace_flags = "00"
-            span = ServerSpan(trace_id, span_id, base, parent)
+            span = self._start_incoming(ctx, environ, propagator, current)
         ctx.span = span
-        return _attach(_set_span(span, base)), ctx
+        return self._attach(self._with_span(span, span.parent_context)), ctx
 
     def exit(self, token: Any) -> None:
         if token is None:
             return
         otel_token, ctx = token
-        _detach(otel_token)
+        try:
+            self._detach(otel_token)
+        except Exception:  # as the public detach: logged, never raised into the request
+            _log.warning("could not restore the OpenTelemetry context", exc_info=True)
         if not ctx.finished:
             return  # a streamed body: the span ends with its last chunk or its close
         span = ctx.span
@@ -184,6 +234,99 @@ class ServerTracing:
                 self._end(ctx, span)
         elif span.is_recording():
             self._end_foreign(ctx, span)
+
+    def _with_span(self, span: Any, base: Context) -> Context:
+        """``trace.set_span_in_context(span, base)``."""
+        key = self._span_key
+        if key is None:
+            return _set_span(span, base)
+        return Context({**base, key: span} if base else {key: span})
+
+    # --- the request's own span: a new trace, a parsed traceparent, an extracted context
+
+    def _start_incoming(
+        self, ctx: RequestContext, environ: Any, propagator: Any, current: Context | None
+    ) -> ServerSpan:
+        """Under what the request carries (W3C headers, or any other propagator's)."""
+        extractor = self.extractor
+        base = current or _EMPTY_CONTEXT
+        if extractor.w3c and TRACESTATE_KEY not in environ and BAGGAGE_KEY not in environ:
+            traceparent = environ.get(TRACEPARENT_KEY)
+            if traceparent is None:
+                return self._start_new(ctx, base)
+            if extractor.reads_traceparent and type(traceparent) is str:
+                return self._start_remote(ctx, base, traceparent)
+        return self._start_extracted(ctx, extractor.extract(propagator, environ, current))
+
+    def _start_new(self, ctx: RequestContext, base: Context) -> ServerSpan:
+        trace_hex, span_hex = new_ids()
+        ctx.trace_id = trace_hex
+        ctx.span_id = span_hex
+        bound = self.sample_bound
+        if bound and (bound > _MASK64 or int(trace_hex[_LOW_HEX], 16) < bound):
+            ctx.trace_flags = "01"
+            attributes = self._request_attributes(ctx)
+            return ServerSpan(trace_hex, span_hex, base, None, attributes, _time_ns())
+        ctx.trace_flags = "00"
+        return ServerSpan(trace_hex, span_hex, base)
+
+    def _start_remote(self, ctx: RequestContext, base: Context, traceparent: str) -> ServerSpan:
+        """Under a lone ``traceparent``, read as the W3C propagator reads it."""
+        trace_hex = ctx.trace_id
+        if trace_hex is not None and len(traceparent) == 55 and traceparent.startswith("00-"):
+            # The WSGI step read this header already (ctx.trace_id, ctx.trace_flags); on a
+            # plain version-00 value its rules and the propagator's accept the same.
+            parent_hex = None  # read below if sampled
+            flags = 0 if ctx.trace_flags == "00" else int(ctx.trace_flags, 16)
+        else:
+            parse = self._parse_traceparent
+            assert parse is not None
+            parsed = parse(traceparent)
+            if parsed is None:  # malformed: a new trace, as the propagator would start
+                return self._start_new(ctx, base)
+            trace_hex, parent_hex, flags = parsed
+        try:
+            span_hex = _pop_ids()[1]
+        except IndexError:
+            span_hex = new_ids()[1]
+        ctx.trace_id = trace_hex
+        ctx.span_id = span_hex
+        if flags & 1:
+            ctx.trace_flags = "01"
+            if parent_hex is None:
+                parent_hex = traceparent[_PARENT_HEX]
+            parent = SpanContext(
+                int(trace_hex, 16),
+                int(parent_hex, 16),
+                is_remote=True,
+                trace_flags=TraceFlags(flags),
+            )
+            attributes = self._request_attributes(ctx)
+            return ServerSpan(trace_hex, span_hex, base, parent, attributes, _time_ns())
+        # Unsampled: the parent's trace state (none without tracestate) is all it gives.
+        ctx.trace_flags = "00"
+        span = _new_span(ServerSpan)  # no __init__ frame (see ServerSpan)
+        span.trace_hex = trace_hex
+        span.span_hex = span_hex
+        span.parent_context = base
+        return span
+
+    def _start_extracted(self, ctx: RequestContext, parent_context: Context) -> ServerSpan:
+        """Under the context the propagator extracted (empty: a new trace)."""
+        base = parent_context or _EMPTY_CONTEXT
+        found = trace.get_current_span(parent_context).get_span_context()
+        if not found.is_valid:
+            return self._start_new(ctx, base)
+        trace_hex = found.trace_id.to_bytes(16, "big").hex()
+        span_hex = new_ids()[1]
+        ctx.trace_id = trace_hex
+        ctx.span_id = span_hex
+        if found.trace_flags.sampled:
+            ctx.trace_flags = "01"
+            attributes = self._request_attributes(ctx)
+            return ServerSpan(trace_hex, span_hex, base, found, attributes, _time_ns())
+        ctx.trace_flags = "00"
+        return ServerSpan(trace_hex, span_hex, base, found)
 
     def _adopt_outer(self, ctx: RequestContext, current: Context) -> bool:
         outer = trace.get_current_span(current)

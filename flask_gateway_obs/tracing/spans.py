@@ -50,8 +50,8 @@ def valid_value(value: Any) -> bool:
 class ServerSpan(trace.Span):
     """One request's SERVER span; see the module's docstring.
 
-    :param trace_id: the trace's ID (the parent's, or a new one).
-    :param span_id: this span's ID.
+    :param trace_hex: the trace's ID (the parent's, or a new one), 32 lowercase hex digits.
+    :param span_hex: this span's ID, 16 lowercase hex digits.
     :param parent_context: the OpenTelemetry context to attach the span under.
     :param parent: the remote parent's context, if the request carried one.
     :param attributes: the span's attributes (owned by the span from here on); given, the
@@ -60,8 +60,13 @@ class ServerSpan(trace.Span):
     """
 
     # Slots for what every request sets; the rest are class defaults, replaced on the
-    # instance (the API's ``Span`` has no slots) only when a sampled span needs them.
-    __slots__ = ("_context", "parent_context", "span_id", "trace_id")
+    # instance (the API's ``Span`` has no slots) only when a sampled span needs them or
+    # someone asks for the span's context. An unsampled span may be made without
+    # ``__init__`` (``ServerSpan.__new__(ServerSpan)``, then the three slots set): the
+    # request step does so, saving a Python frame per request. The IDs are kept as the
+    # hex the request's log lines carry; their numbers are read when the context is.
+    __slots__ = ("parent_context", "span_hex", "trace_hex")
+    _context: SpanContext | None = None
     sampled = False
     parent: SpanContext | None = None
     attributes: dict[str, Any] = {}  # never written: a sampled span gets its own
@@ -75,16 +80,15 @@ class ServerSpan(trace.Span):
 
     def __init__(
         self,
-        trace_id: int,
-        span_id: int,
+        trace_hex: str,
+        span_hex: str,
         parent_context: Any = None,
         parent: SpanContext | None = None,
         attributes: dict[str, Any] | None = None,
         start_ns: int = 0,
     ) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self._context: SpanContext | None = None
+        self.trace_hex = trace_hex
+        self.span_hex = span_hex
         #: The context the span is attached under (the incoming one, with its baggage).
         self.parent_context = parent_context
         if attributes is not None:  # sampled: recorded and exported
@@ -101,8 +105,8 @@ class ServerSpan(trace.Span):
         context = self._context
         if context is None:
             context = self._context = SpanContext(
-                self.trace_id,
-                self.span_id,
+                int(self.trace_hex, 16),
+                int(self.span_hex, 16),
                 is_remote=False,
                 trace_flags=_SAMPLED if self.sampled else _NOT_SAMPLED,
                 trace_state=self.parent.trace_state if self.parent is not None else _EMPTY_STATE,

@@ -1,4 +1,9 @@
-"""Fixtures of the tracing tests: a real OTLP/HTTP receiver and traced apps."""
+"""Fixtures of the tracing tests: a real OTLP/HTTP receiver and traced apps.
+
+Every tracing test runs twice: on the fast path over OpenTelemetry's context internals
+(the versions verified in ``flask_gateway_obs._compat.opentelemetry``) and on its public
+API, forced through the environment (so apps in subprocesses and servers take it too).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from flask import Flask
 
 from flask_gateway_obs import GatewayObs
 from flask_gateway_obs.core.state import state_of
+from flask_gateway_obs.testing import reset
 
 from ..conftest import MakeApp, unavailable
 from .receiver import OtlpReceiver
@@ -17,6 +23,8 @@ from .receiver import OtlpReceiver
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 PARENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN = "b7ad6b7169203331"
+#: ``flask_gateway_obs._compat.opentelemetry.PUBLIC_PATH_ENV`` (that module needs OTel).
+PUBLIC_PATH_ENV = "FGO_PUBLIC_PATH"
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +35,18 @@ def _otel_installed() -> None:
         import opentelemetry.sdk  # noqa: F401
     except ImportError as exc:
         unavailable(f"OpenTelemetry is not installed: {exc}")
+
+
+@pytest.fixture(autouse=True, params=["fast", "public"])
+def otel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``fast``: OpenTelemetry's context internals are used (verified versions);
+    ``public``: its public API only."""
+    if request.param == "public":
+        monkeypatch.setenv(PUBLIC_PATH_ENV, "opentelemetry")
+    else:
+        monkeypatch.delenv(PUBLIC_PATH_ENV, raising=False)
+    reset()  # the choice is made once per process: make it again
+    return str(request.param)
 
 
 @pytest.fixture(autouse=True)

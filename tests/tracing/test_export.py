@@ -21,10 +21,17 @@ from flask_gateway_obs.tracing.export import THREAD_NAME, SpanQueue
 from flask_gateway_obs.tracing.spans import ServerSpan
 
 from ..conftest import MakeApp, ManualClock, free_port
-from .conftest import flush
+from .conftest import PUBLIC_PATH_ENV, flush
 from .receiver import OtlpReceiver
 
 REQUESTS = 60
+
+
+@pytest.fixture(autouse=True)
+def otel_path(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Export does not touch the request's context: these tests run on the fast path only."""
+    monkeypatch.delenv(PUBLIC_PATH_ENV, raising=False)
+    return "fast"
 
 
 def _app(make_app: MakeApp, endpoint: str | None, **config: Any) -> Flask:
@@ -166,7 +173,7 @@ def _queue(
 
 
 def _span(number: int) -> ServerSpan:
-    span = ServerSpan(number, number, None, None, {"n": number}, 1)
+    span = ServerSpan(f"{number:032x}", f"{number:016x}", None, None, {"n": number}, 1)
     span.finish(f"span {number}", 2)
     return span
 
