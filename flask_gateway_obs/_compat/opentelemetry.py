@@ -27,9 +27,7 @@ once at info level.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +38,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import TextMapPropagator
 
 from ..core import process
+from .versions import PUBLIC_PATH_ENV, installed, public_path_forced, release
 
 __all__ = [
     "PUBLIC_PATH_ENV",
@@ -51,8 +50,6 @@ __all__ = [
 
 #: Lowest and highest ``(major, minor)`` release of opentelemetry-api verified.
 VERIFIED = ((1, 35), (1, 45))
-#: Comma-separated libraries (or ``all``) whose public path is forced.
-PUBLIC_PATH_ENV = "FGO_PUBLIC_PATH"
 _NAMES = frozenset({"all", "opentelemetry", "opentelemetry-api", "opentelemetry_api"})
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
@@ -102,7 +99,7 @@ def _public() -> ContextPath:
 
 
 def _decide() -> ContextPath:
-    version = _version()
+    version = installed("opentelemetry-api")
     reason = public_path_reason(version)
     if reason is None:
         try:
@@ -117,33 +114,15 @@ def _decide() -> ContextPath:
     return _public()
 
 
-def _version() -> str | None:
-    try:
-        return importlib.metadata.version("opentelemetry-api")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored copies
-        return None
-
-
 def public_path_reason(version: str | None) -> str | None:
     """Why the public path must be taken with ``version`` here, or ``None``."""
-    forced = {p.strip().lower() for p in os.environ.get(PUBLIC_PATH_ENV, "").split(",")}
-    if forced & _NAMES:
+    if public_path_forced(_NAMES):
         return f"{PUBLIC_PATH_ENV} asks for the public path"
     low, high = VERIFIED
-    release = _release(version)
-    if release is None or not low <= release <= high:
+    found = release(version)
+    if found is None or not low <= found <= high:
         return "outside the versions verified for the fast path (1.35 to 1.45)"
     return None
-
-
-def _release(version: str | None) -> tuple[int, int] | None:
-    if not version:
-        return None
-    parts = version.split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        return None
 
 
 # --- the fast path -------------------------------------------------------------------

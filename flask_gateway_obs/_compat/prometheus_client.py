@@ -21,14 +21,13 @@ scrapes cost more. The choice is logged once at info level.
 from __future__ import annotations
 
 import bisect
-import importlib.metadata
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from ..core import process
+from .versions import PUBLIC_PATH_ENV, installed, public_path_forced, release
 
 __all__ = [
     "PUBLIC_PATH_ENV",
@@ -44,8 +43,6 @@ __all__ = [
 
 #: Lowest and highest ``(major, minor)`` release the internals were verified with.
 VERIFIED = ((0, 20), (0, 26))
-#: Comma-separated libraries (or ``all``) whose public path is forced.
-PUBLIC_PATH_ENV = "FGO_PUBLIC_PATH"
 
 _log = logging.getLogger("flask_gateway_obs.metrics")
 
@@ -59,7 +56,7 @@ def fast_path() -> bool:
 
 
 def _decide() -> bool:
-    version = _version()
+    version = installed("prometheus_client")
     reason = public_path_reason(version)
     if reason is None:
         return True
@@ -72,35 +69,17 @@ def _decide() -> bool:
     return False
 
 
-def _version() -> str | None:
-    try:
-        return importlib.metadata.version("prometheus_client")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored copies
-        return None
-
-
 def public_path_reason(version: str | None) -> str | None:
     """Why the public path must be taken with ``version`` here, or ``None``."""
-    forced = {p.strip().lower() for p in os.environ.get(PUBLIC_PATH_ENV, "").split(",")}
-    if forced & {"all", "prometheus_client", "prometheus-client"}:
+    if public_path_forced({"all", "prometheus_client", "prometheus-client"}):
         return f"{PUBLIC_PATH_ENV} asks for the public path"
     low, high = VERIFIED
-    release = _release(version)
-    if release is None or not low <= release <= high:
+    found = release(version)
+    if found is None or not low <= found <= high:
         return "outside the versions verified for the fast path (0.20 to 0.26)"
     if not _internals_present():
         return "its internals differ from those of the verified versions"
     return None
-
-
-def _release(version: str | None) -> tuple[int, int] | None:
-    if not version:
-        return None
-    parts = version.split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        return None
 
 
 def _internals_present() -> bool:
