@@ -13,7 +13,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from importlib.metadata import version
-from typing import Any
 
 from limits.storage import MemoryStorage, RedisStorage
 
@@ -153,12 +152,9 @@ def memory_hit(storage: MemoryStorage) -> MemoryHit | None:
     return hit
 
 
-def incr_with_ttl(storage: RedisStorage) -> Any:
+def incr_with_ttl(storage: RedisStorage) -> bytes | None:
     """A script counting a fixed-window hit and returning ``[count, ttl]``, or None when
-    limits' own script is not the one this module knows (then the strategy counts).
-
-    Registering a script does not connect.
-    """
+    limits' own script is not the one this module knows (then the strategy counts)."""
     if not VERIFIED or INCR_EXPIRE.split() != storage.SCRIPT_INCR_EXPIRE.split():
         return None
-    return storage.get_connection().register_script(_INCR_EXPIRE_TTL)
+    return _INCR_EXPIRE_TTL

@@ -22,7 +22,7 @@ and is used only with the versions verified there.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask, Request, Response
 from flask_limiter import RateLimitExceeded, RequestLimit
@@ -40,6 +40,11 @@ from .planning import MAX_METHODS, MEMORY, REDIS, STRATEGY, PlanResolver
 from .plans import EXEMPT_PLAN, NOTHING, SLOW_PLAN, Checked, Header, Hit, Plan, Variant
 from .storage import PipelinedFixedWindow, StorageUnavailable
 
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from .redis_hit import RedisHit
+
 __all__ = ["MAX_METHODS", "FastLimiter"]
 
 _OWN_STATE_ATTR = compat.OWN_STATE_ATTR
@@ -51,7 +56,7 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
     """:class:`GatewayLimiter` with the fast path of the module's docstring."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._incr_expire_ttl: Any = None
+        self._redis_hit: RedisHit | None = None
         self._memory_hit: compat_limits.MemoryHit | None = None
         self._record_attr = f"_gateway_obs_rate_limit_{id(self):x}"
         self._noted_attr = f"_gateway_obs_rate_limit_headers_{id(self):x}"
@@ -73,8 +78,13 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
                 if self._memory_hit is not None:
                     mode = MEMORY
             elif type(storage) is RedisStorage:
-                self._incr_expire_ttl = compat_limits.incr_with_ttl(storage)
-                if self._incr_expire_ttl is not None:
+                script = compat_limits.incr_with_ttl(storage)
+                if script is not None:
+                    # Imported here: redis-py is there only when a storage is on Redis.
+                    from .redis_hit import RedisHit
+
+                    client = cast("Redis[Any]", storage.get_connection())
+                    self._redis_hit = RedisHit(client, script)
                     mode = REDIS
         self._fast_mode = mode
 
@@ -199,6 +209,7 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
         and note the headers of the limit they describe."""
         rules = variant.rules
         memory_hit = self._memory_hit
+        redis_hit = self._redis_hit if self._fast_mode is REDIS else None
         hits: list[Hit | None] = []
         failed: list[int] = []
         skipped = False
@@ -219,10 +230,8 @@ class FastLimiter(compat.CheckInterceptor, PlanResolver):  # type: ignore[misc]
             if memory_hit is not None:
                 count, reset = memory_hit(f"{rule.head}{client}{rule.tail}", rule.expiry, rule.cost)
                 allowed = count <= rule.amount
-            elif self._fast_mode is REDIS:
-                reply = self._incr_expire_ttl(
-                    keys=[f"{rule.head}{client}{rule.tail}"], args=[rule.expiry, rule.cost]
-                )
+            elif redis_hit is not None:
+                reply = redis_hit(f"{rule.head}{client}{rule.tail}", rule.expiry, rule.cost)
                 count = int(reply[0])
                 reset = max(int(reply[1]), 0) + time.time()
                 allowed = count <= rule.amount

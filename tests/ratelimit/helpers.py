@@ -74,19 +74,66 @@ def problem(response: Any) -> dict[str, Any]:
     return body
 
 
+#: What a connection sends to set itself up, not what the limiter asks of Redis.
+_HANDSHAKE = frozenset({"AUTH", "HELLO", "SELECT", "CLIENT", "READONLY"})
+
+
+def _command_name(packed: Any) -> str:
+    """The command in RESP ``packed`` (bytes, or a sequence of chunks)."""
+    if isinstance(packed, str):
+        packed = packed.encode()
+    data = packed if isinstance(packed, bytes) else b"".join(bytes(chunk) for chunk in packed)
+    # *<n>\r\n$<len>\r\n<NAME>\r\n...
+    return data.split(b"\r\n", 3)[2].decode().upper()
+
+
 def count_commands(monkeypatch: pytest.MonkeyPatch, limiter: Limiter) -> list[str]:
-    """Every command the limiter's Redis client sends from now on (each one a backend attempt)."""
+    """Every command the limiter asks of its Redis from now on, through its client or its
+    own connections (each one a backend attempt, reconnects inside it included)."""
+    from flask_gateway_obs.ratelimit.redis_hit import RedisHit
+
     storage = limiter.storage
     assert isinstance(storage, RedisStorage)
     client = storage.storage
     sent: list[str] = []
     original = client.execute_command
+    original_hit = RedisHit.__call__
 
     def counting(*args: Any, **options: Any) -> Any:
         sent.append(str(args[0]))
         return original(*args, **options)
 
+    def hit(self: RedisHit, key: str, expiry: int, cost: int) -> Any:
+        if self.client is client and self.direct:
+            sent.append("EVALSHA")
+        return original_hit(self, key, expiry, cost)
+
     monkeypatch.setattr(client, "execute_command", counting)
+    monkeypatch.setattr(RedisHit, "__call__", hit)
+    return sent
+
+
+def written_commands(monkeypatch: pytest.MonkeyPatch, limiter: Limiter) -> list[str]:
+    """Every command written on a connection to the limiter's Redis from now on (the
+    connections' own set-up aside), whichever way the limiter sends it."""
+    import redis
+
+    storage = limiter.storage
+    assert isinstance(storage, RedisStorage)
+    port = storage.storage.connection_pool.connection_kwargs.get("port")
+    owner = next(
+        cls for cls in redis.connection.Connection.__mro__ if "send_packed_command" in vars(cls)
+    )
+    original = owner.send_packed_command
+    sent: list[str] = []
+
+    def writing(self: Any, command: Any, *args: Any, **options: Any) -> Any:
+        name = _command_name(command)
+        if getattr(self, "port", None) == port and name not in _HANDSHAKE:
+            sent.append(name)
+        return original(self, command, *args, **options)
+
+    monkeypatch.setattr(owner, "send_packed_command", writing)
     return sent
 
 
