@@ -4,7 +4,12 @@ Verified with prometheus_client 0.20.0 to 0.26.0, every minor release in between
 
 - the hot path adds to a metric child's value objects directly (``_value.inc`` of a
   counter or gauge, ``_sum.inc`` and ``_buckets[i].inc`` of a histogram child), which
-  is what ``inc()`` and ``observe()`` end in, without their per-call checks;
+  is what ``inc()`` and ``observe()`` end in, without their per-call checks; in one
+  process it adds to their floats under one lock (:class:`PlainSeries`), in
+  multiprocess mode it writes their file entries under prometheus_client's own lock,
+  once per request instead of once per value and without its process-id system call
+  per value (:class:`FileSeries`; a forked child lets prometheus_client move to its
+  own files first);
 - the fast renderer reads the children (``_metrics`` under ``_lock``) and their values
   (``_value``, ``_sum``, ``_buckets``, ``_upper_bounds``) instead of building a
   ``Sample`` per line through ``collect()``;
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +38,8 @@ from .versions import PUBLIC_PATH_ENV, installed, public_path_forced, release
 __all__ = [
     "PUBLIC_PATH_ENV",
     "VERIFIED",
+    "FileGauge",
+    "FileSeries",
     "PlainGauge",
     "PlainSeries",
     "fast_path",
@@ -176,6 +184,137 @@ def _plain(value: Any) -> Any:
     if type(value) is not MutexValue or type(value._value) is not float:
         raise AttributeError("not an in-process MutexValue")
     return value
+
+
+#: Bumped in a forked child, whose file entries prometheus_client must move first.
+_generation = 0
+_watching_forks = False
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+def _file_value(value: Any) -> Any:
+    """``value`` if it is a multiprocess ``MmapedValue`` as the verified versions make it."""
+    cls = type(value)
+    if cls.__name__ != "MmapedValue" or not getattr(cls, "_multiprocess", False):
+        raise AttributeError("not a multiprocess MmapedValue")
+    value._file.write_value  # noqa: B018 (raises AttributeError when it is not there)
+    if type(value._key) is not str or type(value._value) is not float:
+        raise AttributeError("not a multiprocess MmapedValue")
+    return value
+
+
+def _file_lock(value: Any) -> Any:
+    """The lock every ``MmapedValue`` of ``value``'s kind takes (a free variable of ``inc``)."""
+    inc = type(value).inc
+    try:
+        cell = inc.__closure__[inc.__code__.co_freevars.index("lock")]
+    except (TypeError, ValueError) as exc:
+        raise AttributeError("MmapedValue.inc has no lock") from exc
+    lock = cell.cell_contents
+    if not (hasattr(lock, "acquire") and hasattr(lock, "release")):
+        raise AttributeError("MmapedValue.inc has no lock")
+    return lock
+
+
+def _watch_forks() -> None:
+    global _watching_forks
+    if not _watching_forks:
+        _watching_forks = True
+        os.register_at_fork(after_in_child=_forked)
+
+
+class FileGauge:
+    """A multiprocess gauge (or child): its file entry written under prometheus_client's
+    lock, as ``inc()`` does, without the process-id check per call (a fork is noticed
+    through :func:`os.register_at_fork`, and prometheus_client then moves to the child's
+    own files before anything is written).
+
+    :raises AttributeError: in one process, or when the value is not as the verified
+        versions make it.
+    """
+
+    __slots__ = ("lock", "value")
+
+    def __init__(self, gauge: Any) -> None:
+        self.value = _file_value(gauge._value)
+        self.lock = _file_lock(self.value)
+        _watch_forks()
+
+    def add(self, amount: float) -> None:
+        """What ``inc(amount)`` does."""
+        if _moved != _generation:
+            _follow_fork(self.value)
+        value = self.value
+        lock = self.lock
+        lock.acquire()
+        try:
+            value._value += amount
+            value._file.write_value(value._key, value._value, 0.0)
+        finally:
+            lock.release()
+
+
+#: The fork generation prometheus_client's files were last checked at.
+_moved = 0
+
+
+def _follow_fork(value: Any) -> None:
+    """After a fork: prometheus_client's own check (any value's ``get()``) moves every
+    value to this process's files."""
+    global _moved
+    generation = _generation
+    value.get()
+    _moved = generation
+
+
+class FileSeries:
+    """One request series in multiprocess mode: a counter child and a histogram child
+    (and the in-flight gauge) written together under prometheus_client's one lock.
+    See :class:`FileGauge`.
+
+    :raises AttributeError: as :class:`FileGauge`.
+    """
+
+    __slots__ = ("bounds", "buckets", "count", "gauge", "lock", "sum")
+
+    def __init__(self, counter: Any, histogram: Any, gauge: FileGauge | None) -> None:
+        self.count = _file_value(counter._value)
+        self.sum = _file_value(histogram._sum)
+        self.buckets = [_file_value(bucket) for bucket in histogram._buckets]
+        self.bounds = list(histogram._upper_bounds)
+        self.lock = _file_lock(self.count)
+        if gauge is not None and gauge.lock is not self.lock:
+            raise AttributeError("the gauge's values take another lock")
+        self.gauge = gauge.value if gauge is not None else None
+        _watch_forks()
+
+    def record(self, duration: float, leaving: bool) -> None:
+        """``inc()`` the counter and ``observe(duration)`` the histogram; one less in
+        flight too when ``leaving`` (and the gauge is a file gauge)."""
+        if _moved != _generation:
+            _follow_fork(self.count)
+        bucket = self.buckets[_bisect(self.bounds, duration)]
+        count = self.count
+        total = self.sum
+        gauge = self.gauge
+        lock = self.lock
+        lock.acquire()
+        try:
+            if leaving and gauge is not None:
+                gauge._value -= 1.0
+                gauge._file.write_value(gauge._key, gauge._value, 0.0)
+            count._value += 1.0
+            count._file.write_value(count._key, count._value, 0.0)
+            total._value += duration
+            total._file.write_value(total._key, total._value, 0.0)
+            bucket._value += 1.0
+            bucket._file.write_value(bucket._key, bucket._value, 0.0)
+        finally:
+            lock.release()
 
 
 def histogram_updaters(child: Any) -> tuple[Adder, list[Adder], list[float]]:

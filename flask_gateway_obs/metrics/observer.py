@@ -105,6 +105,7 @@ class HttpMetrics:
         #: fast path in one process): one lock for all of a request's updates.
         self._values_lock = threading.Lock()
         self._gauge: compat.PlainGauge | None = None
+        self._file_gauge: compat.FileGauge | None = None
         self._in_flight_inc: Callable[[float], None] = self._first_in_flight
         if not lazy_in_flight:
             self._in_flight_inc = self._adder(in_flight())
@@ -145,7 +146,7 @@ class HttpMetrics:
                 self._in_flight_inc(-1.0)
             return
         count, observe, buckets, bounds, slots = entry
-        if count is None:  # a PlainSeries: every value in one step, in flight included
+        if count is None:  # a Plain/FileSeries: every value in one step, in flight included
             observe.record(duration, in_flight)
             if in_flight and observe.gauge is None:
                 self._in_flight_inc(-1.0)
@@ -177,6 +178,11 @@ class HttpMetrics:
             except AttributeError:  # multiprocess mode: its values are file entries
                 pass
             try:
+                self._file_gauge = compat.FileGauge(gauge)
+                return self._file_gauge.add
+            except AttributeError:  # pragma: no cover - a changed prometheus_client
+                pass
+            try:
                 return compat.value_adder(gauge)
             except AttributeError:  # pragma: no cover - a changed prometheus_client
                 self._fast = False
@@ -206,7 +212,13 @@ class HttpMetrics:
             series = compat.PlainSeries(counter, histogram, self._gauge, self._values_lock)
             if series.bounds == self._bounds:
                 return (None, series, None, self._bounds, slots)
-        except AttributeError:  # multiprocess mode: the adders below
+        except AttributeError:  # multiprocess mode: its values are file entries
+            pass
+        try:
+            files = compat.FileSeries(counter, histogram, self._file_gauge)
+            if files.bounds == self._bounds:
+                return (None, files, None, self._bounds, slots)
+        except AttributeError:  # pragma: no cover - a changed prometheus_client
             pass
         try:
             add_sum, add_buckets, bounds = compat.histogram_updaters(histogram)

@@ -245,3 +245,75 @@ def test_late_multiproc_variable_is_warned_about(
     app.test_client().get("/items/1")
     assert metric_value(app, "http_requests_total") == 1
     assert not os.listdir(tmp_path)
+
+
+FORK_SCRIPT = """
+import json
+import os
+import threading
+
+from flask import Flask
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from flask_gateway_obs import GatewayObs
+
+app = Flask("script")
+app.config.update(
+    GATEWAY_OBS_LOG_CONFIGURE=False,
+    GATEWAY_OBS_HEALTH_CHECK_DISK=False,
+    GATEWAY_OBS_HEALTH_CHECK_MEMORY=False,
+)
+GatewayObs(app)
+app.add_url_rule("/x", "x", lambda: "x")
+
+
+def serve(count):
+    client = app.test_client()
+    for _ in range(count):
+        assert client.get("/x").status_code == 200
+
+
+threads = [threading.Thread(target=serve, args=(50,)) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+pid = os.fork()
+if pid == 0:
+    serve(30)
+    os._exit(0)
+serve(10)
+os.waitpid(pid, 0)
+serve(10)
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+found = {}
+for family in registry.collect():
+    for sample in family.samples:
+        if sample.labels.get("route", "/x") == "/x" and sample.name in (
+            "http_requests_total", "http_request_duration_seconds_count", "active_connections"
+        ):
+            found[sample.name] = found.get(sample.name, 0) + sample.value
+print(json.dumps({"found": found, "parent": os.getpid(), "child": pid}))
+"""
+
+
+def test_threads_and_a_forked_child_lose_no_count_in_multiprocess_mode(tmp_path: Any) -> None:
+    """4 threads x 50 requests, a fork, 30 in the child and 20 in the parent: 250 counted
+    across the files, the child's 30 in its own file, nothing left in flight."""
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, timeout=60, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["found"] == {
+        "http_requests_total": 250.0,
+        "http_request_duration_seconds_count": 250.0,
+        "active_connections": 0.0,
+    }
+    child = MmapedDict.read_all_values_from_file(os.path.join(prom, f"counter_{out['child']}.db"))
+    assert [v for key, v, _, _ in child if "http_requests_total" in key] == [30.0]
