@@ -1,9 +1,13 @@
-"""Section 1 of the harness: in-process overhead, one long-lived process per variant.
+"""Section 1 of the harness: in-process overhead, long-lived processes per variant.
 
-Each variant runs in a :mod:`benchmarks.worker` process and is driven through its WSGI
+Each variant runs in :mod:`benchmarks.worker` processes and is driven through its WSGI
 callable. The variants take turns in short slices over many rounds (a fresh random order
 each round), with a bare Flask slice before the first and after each, so every slice is
 paired with bare slices a fraction of a second away and machine noise hits both alike.
+Two processes running the same code differ by several per cent (where the allocator and
+the loader happened to put things), so with ``processes`` above one each variant has that
+many, and round *r* drives every variant's process ``r % processes``: the medians over
+rounds then span several processes' luck instead of inheriting one's.
 When a variant with a rate limit on Redis runs, a batch of Redis round trips
 (:class:`benchmarks.roundtrip.RoundTrip`) is timed right after its slice, so the
 yardstick *bare request + one round trip* comes from the same moments. Then every
@@ -32,15 +36,16 @@ from benchmarks.variants import BY_NAME, Variant, closed_port_dsn, unavailable_r
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-# --- one process per variant ------------------------------------------------------------
+# --- the processes of a variant ----------------------------------------------------------
 
 
 class WorkerProcess:
     """A :mod:`benchmarks.worker` process for one variant, spoken to in JSON lines."""
 
-    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], workdir: Path, index: int = 0) -> None:
         self.name = name
-        self.stderr_path = workdir / f"worker-{name}.log"
+        suffix = f"-{index + 1}" if index else ""
+        self.stderr_path = workdir / f"worker-{name}{suffix}.log"
         self._stderr = self.stderr_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", name],
@@ -110,6 +115,8 @@ class InprocResult:
     #: Per round, bare's µs per request in the slices right before and after this one.
     paired_bare: dict[int, float] = dataclasses.field(default_factory=dict)
     calls: float | None = None
+    #: Per round, the process that ran this variant's slice.
+    pids: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -256,14 +263,17 @@ def run_inproc(
     profile: int,
     seed: int,
     workdir: Path,
+    processes: int = 1,
     progress: Callable[[str], None] = print,
 ) -> InprocRun:
-    """Section 1: every variant in its own process, interleaved slices, then cProfile."""
+    """Section 1: every variant in ``processes`` processes, interleaved slices, then cProfile."""
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, not {processes}")
     env = {**os.environ, "BENCH_SENTRY_DSN": closed_port_dsn(), "PYTHONHASHSEED": "0"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.pop("prometheus_multiproc_dir", None)
     results = {name: InprocResult(BY_NAME[name]) for name in names}
-    workers: dict[str, WorkerProcess] = {}
+    workers: dict[str, list[WorkerProcess]] = {}
     trips: RoundTrips | None = None
     trip: RoundTrip | None = None
     try:
@@ -272,25 +282,30 @@ def run_inproc(
             if reason is not None:
                 results[name].status = f"unavailable: {reason}"
             else:
-                workers[name] = WorkerProcess(name, env, workdir)
-        for name, worker in list(workers.items()):
-            try:
-                answer = worker.receive(timeout=120)
-            except Exception as exc:
-                answer = {"error": str(exc)}
-            if answer.get("ready"):
-                results[name].status = "ok"
-                results[name].info = answer
-                if answer.get("status", "")[:3] != "200":
-                    results[name].status = f"failed: answered {answer.get('status')}"
-            elif "unavailable" in answer:
-                results[name].status = f"unavailable: {answer['unavailable']}"
-            else:
-                error = answer.get("error")
-                results[name].status = f"failed: {error} (see {worker.stderr_path})"
+                workers[name] = [
+                    WorkerProcess(name, env, workdir, index) for index in range(processes)
+                ]
+        for name, group in list(workers.items()):
+            for worker in group:
+                try:
+                    answer = worker.receive(timeout=120 + 10 * len(workers))
+                except Exception as exc:
+                    answer = {"error": str(exc)}
+                if answer.get("ready"):
+                    results[name].status = "ok"
+                    results[name].info = answer
+                    if answer.get("status", "")[:3] != "200":
+                        results[name].status = f"failed: answered {answer.get('status')}"
+                elif "unavailable" in answer:
+                    results[name].status = f"unavailable: {answer['unavailable']}"
+                else:
+                    error = answer.get("error")
+                    results[name].status = f"failed: {error} (see {worker.stderr_path})"
+                if not results[name].ok:
+                    break
             if not results[name].ok:
-                worker.close()
-                del workers[name]
+                for worker in workers.pop(name):
+                    worker.close()
         on_redis = {name for name in workers if "redis" in BY_NAME[name].services}
         if on_redis:
             trips = RoundTrips(calls=slice_size)
@@ -305,10 +320,13 @@ def run_inproc(
             if name not in workers:
                 return None
             try:
-                ns = workers[name].ask({"op": "run", "n": slice_size})["ns"]
+                worker = workers[name][round_no % processes]
+                ns = worker.ask({"op": "run", "n": slice_size})["ns"]
+                results[name].pids[round_no] = worker.proc.pid
             except Exception as exc:
                 results[name].status = f"failed in round {round_no + 1}: {exc}"
-                workers.pop(name).close()
+                for worker in workers.pop(name):
+                    worker.close()
                 return None
             return float(ns) / slice_size / 1000.0
 
@@ -347,14 +365,15 @@ def run_inproc(
                 results["bare"].per_round[round_no] = statistics.median(bare_slices)
             if round_no % 5 == 4 or round_no == rounds - 1:
                 progress(f"in-process round {round_no + 1}/{rounds}")
-        for name, worker in workers.items():
+        for name, group in workers.items():
             try:
-                results[name].calls = worker.ask({"op": "profile", "n": profile})["calls"]
+                results[name].calls = group[0].ask({"op": "profile", "n": profile})["calls"]
             except Exception as exc:
                 progress(f"profile of {name} failed: {exc}")
     finally:
-        for worker in workers.values():
-            worker.close()
+        for group in workers.values():
+            for worker in group:
+                worker.close()
         if trip is not None:
             with contextlib.suppress(Exception):
                 trip.close()

@@ -256,6 +256,17 @@ def _load_note(report: Report, section: str) -> list[str]:
 # --- the document ---------------------------------------------------------------------------
 
 
+def _processes_phrase(processes: int) -> str:
+    """How section 1 spread the variants over processes, for its description."""
+    if processes <= 1:
+        return "Each variant runs in its own long-lived process"
+    return (
+        f"Each variant runs in {processes} long-lived processes, round *r* driving process "
+        f"*r* mod {processes} of every variant (two processes of the same code differ by "
+        f"several per cent, so the medians span {processes} processes' luck),"
+    )
+
+
 def write(path: Path, report: Report) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     load_after = os.getloadavg()
@@ -297,7 +308,7 @@ def write(path: Path, report: Report) -> None:
             "",
             *_load_note(report, "inproc"),
             "",
-            f"Each variant runs in its own long-lived process and is driven through its WSGI "
+            f"{_processes_phrase(sizes.get('processes', 1))} and is driven through its WSGI "
             f"callable (environ built once with werkzeug's `EnvironBuilder`, copied per call, "
             f"body consumed and closed) with `GET /items/42` answering a small JSON object. "
             f"The variants take turns in slices of {sizes['slice']} requests over "
@@ -370,6 +381,7 @@ def raw(report: Report) -> dict[str, Any]:
                 "status": r.status,
                 "per_round_us": r.per_round,
                 "paired_bare_us": r.paired_bare,
+                "pid_per_round": r.pids,
                 "calls": r.calls,
                 "info": r.info,
             }

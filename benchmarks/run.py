@@ -38,10 +38,24 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKDIR = HERE / ".work"
 
-#: Default and ``--quick`` sizes: requests per slice, rounds, profiled requests,
-#: requests per server run, server repetitions.
-FULL = {"slice": 1000, "rounds": 30, "profile": 500, "requests": 6000, "repeats": 5}
-QUICK = {"slice": 300, "rounds": 8, "profile": 100, "requests": 1500, "repeats": 2}
+#: Default and ``--quick`` sizes: requests per slice, rounds, processes per variant,
+#: profiled requests, requests per server run, server repetitions.
+FULL = {
+    "slice": 1000,
+    "rounds": 30,
+    "processes": 3,
+    "profile": 500,
+    "requests": 6000,
+    "repeats": 5,
+}
+QUICK = {
+    "slice": 300,
+    "rounds": 8,
+    "processes": 1,
+    "profile": 100,
+    "requests": 1500,
+    "repeats": 2,
+}
 
 SECTIONS = ("inproc", "instructions", "server", "scrape", "resilience", "ratelimit")
 
@@ -105,6 +119,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--slice", type=int, help="requests per slice")
     parser.add_argument("--rounds", type=int, help="rounds of slices")
+    parser.add_argument(
+        "--processes", type=int, help="processes per in-process variant, taking turns by round"
+    )
     parser.add_argument("--profile", type=int, help="requests profiled per variant")
     parser.add_argument(
         "--instructions-small", type=int, help="requests of the smaller callgrind run"
@@ -143,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, key)
         if value is not None:
             sizes[key] = value
+    if sizes["processes"] < 1:
+        raise SystemExit(f"--processes must be at least 1, not {sizes['processes']}")
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     unknown = sections - set(SECTIONS)
     if unknown:
@@ -179,12 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_at[name] = os.getloadavg()[0]
         if name == "inproc":
             started = section(
-                name, f"in-process: {len(names)} variants, {sizes['rounds']} x {sizes['slice']}"
+                name,
+                f"in-process: {len(names)} variants x {sizes['processes']} processes, "
+                f"{sizes['rounds']} x {sizes['slice']}",
             )
             report.inproc = run_inproc(
                 names,
                 slice_size=sizes["slice"],
                 rounds=sizes["rounds"],
+                processes=sizes["processes"],
                 profile=sizes["profile"],
                 seed=args.seed,
                 workdir=workdir,

@@ -205,6 +205,42 @@ def test_redis_down_makes_the_redis_goal_unmeasured_not_failed(tmp_path: Path) -
     )
 
 
+def test_several_processes_per_variant_take_turns_by_round(tmp_path: Path) -> None:
+    """With two processes a variant, rounds alternate between them, for bare too."""
+    output = _run_harness(
+        tmp_path,
+        "--sections=inproc",
+        "--variants=bare,ours-core",
+        "--processes=2",
+        "--rounds=4",
+        "--slice=10",
+        "--profile=5",
+    )
+    raw = json.loads((tmp_path / "RESULTS.json").read_text())
+    for name in ("bare", "ours-core"):
+        pids = raw["inproc"][name]["pid_per_round"]
+        assert len(raw["inproc"][name]["per_round_us"]) == 4
+        assert pids["0"] == pids["2"] != pids["1"] == pids["3"]
+    assert not set(raw["inproc"]["bare"]["pid_per_round"].values()) & set(
+        raw["inproc"]["ours-core"]["pid_per_round"].values()
+    )
+    assert "Each variant runs in 2 long-lived processes" in output.read_text()
+
+
+def test_fewer_than_one_process_per_variant_is_refused(tmp_path: Path) -> None:
+    """``--processes 0`` stops before starting anything, saying what is wrong."""
+    command = [
+        sys.executable, "-m", "benchmarks.run", "--quick", "--sections=inproc",
+        "--processes=0", "--workdir", str(tmp_path), "--output", str(tmp_path / "R.md"),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "--processes must be at least 1, not 0" in result.stderr
+    assert not (tmp_path / "R.md").exists()
+
+
 def test_unknown_config_key_makes_our_variant_unavailable() -> None:
     """A variant needing a key this build lacks is unavailable with the key named."""
     from benchmarks.variants import Variant, _ours
