@@ -350,7 +350,8 @@ def write(path: Path, report: Report) -> None:
             "",
             f"gunicorn on 127.0.0.1, load from {server.client_version()} with one thread on the "
             f"same 2 cores, {sizes['requests']} requests per run after a warm-up. "
-            f"{sizes['repeats']} repetitions, each running bare Flask and a variant "
+            f"{sizes['repeats']} repetitions, each starting new gunicorns (so no instance's "
+            f"luck weighs on every run) and running bare Flask and a variant "
             f"alternately (bare, ours, bare, the core, bare, the hand-wired stack; the pairs "
             f"take turns going first): *requests/s* and latencies are medians over a variant's "
             f"runs, *% of bare* the median over its runs of its requests/s / those of the bare "

@@ -1,9 +1,10 @@
 """Under a real server: gunicorn on loopback, a fixed number of requests, throughput and latency.
 
-For each server mode, one gunicorn per variant is started and warmed up; then each
-repetition runs bare Flask and a variant alternately (bare, ours, bare, the core, bare,
-the hand-wired stack), a fixed number of requests each from ``wrk`` (one thread, so most
-of the second core is left to the server) or, without wrk, from :mod:`benchmarks.loadgen`.
+For each server mode and each repetition, one gunicorn per variant is started and warmed
+up (new ones every repetition, so no instance's luck weighs on every run), then bare Flask
+and a variant run alternately (bare, ours, bare, the core, bare, the hand-wired stack), a
+fixed number of requests each from ``wrk`` (one thread, so most of the second core is left
+to the server) or, without wrk, from :mod:`benchmarks.loadgen`.
 Every run of a variant is paired with the bare run right before it: *% of bare* is the
 median over the repetitions of those paired ratios, requests/s and latencies are medians.
 """
@@ -96,6 +97,8 @@ class ServerResult:
     runs: list[LoadResult] = dataclasses.field(default_factory=list)
     #: Requests/s of the bare run right before each of ``runs`` (None: it failed).
     paired_bare: list[float | None] = dataclasses.field(default_factory=list)
+    #: The gunicorn (its master's process id) that served each of ``runs``.
+    servers: list[int] = dataclasses.field(default_factory=list)
     error: str | None = None
 
     @property
@@ -318,25 +321,33 @@ def _run_mode(
             result.error = str(exc)
             return None
         result.runs.append(load)
+        result.servers.append(servers[name].proc.pid)
         return load.rps
 
-    try:
-        for name, reason in server_variants(mode):
-            if only is not None and name not in only:
-                continue
-            results[name] = ServerResult(mode, name, BY_NAME[name].label, error=reason)
-            if reason is None:
-                servers[name] = Gunicorn(mode, name, workdir)
-        for name, server in list(servers.items()):
-            try:
-                server.wait_ready()
-                _load(server.url, max(200, requests // 10), mode.connections)  # warm-up
-            except Exception as exc:
-                results[name].error = str(exc)
-                server.stop()
-                del servers[name]
-        others = [name for name in servers if name != "bare"]
-        for rep in range(repeats):
+    names: list[str] = []
+    for name, reason in server_variants(mode):
+        if only is not None and name not in only:
+            continue
+        results[name] = ServerResult(mode, name, BY_NAME[name].label, error=reason)
+        if reason is None:
+            names.append(name)
+    for rep in range(repeats):
+        # New servers every repetition: two gunicorns of the same app differ by up to a
+        # fifth in CPU per request (where their workers' memory landed), so one instance
+        # kept for all repetitions would carry its luck into every run.
+        try:
+            for name in names:
+                if results[name].error is None:
+                    servers[name] = Gunicorn(mode, name, workdir)
+            for name, server in list(servers.items()):
+                try:
+                    server.wait_ready()
+                    _load(server.url, max(200, requests // 10), mode.connections)  # warm-up
+                except Exception as exc:
+                    results[name].error = str(exc)
+                    server.stop()
+                    del servers[name]
+            others = [name for name in servers if name != "bare"]
             # bare, A, bare, B, ...: each run is paired with the bare run right before it;
             # the pairs take turns going first from one repetition to the next.
             shift = rep % len(others) if others else 0
@@ -347,9 +358,10 @@ def _run_mode(
                 before = timed_run("bare", rep) if "bare" in results else None
                 if timed_run(name, rep) is not None:
                     results[name].paired_bare.append(before)
-    finally:
-        for server in servers.values():
-            server.stop()
+        finally:
+            for server in servers.values():
+                server.stop()
+            servers.clear()
     return list(results.values())
 
 
@@ -366,4 +378,5 @@ def as_dict(result: ServerResult) -> dict[str, Any]:
         "p99_ms": result.p99_ms,
         "failures": result.failures,
         "runs": [dataclasses.asdict(run) for run in result.runs],
+        "server_pids": result.servers,
     }

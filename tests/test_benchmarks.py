@@ -156,6 +156,33 @@ def test_server_section_runs_gunicorn_with_the_python_client(tmp_path: Path) -> 
     )
 
 
+@pytest.mark.slow
+def test_every_server_repetition_runs_on_new_gunicorns(tmp_path: Path) -> None:
+    """Two repetitions: each variant is served by a different gunicorn in each."""
+    _run_harness(
+        tmp_path,
+        "--sections=server",
+        "--server-modes=sync-2",
+        "--requests=40",
+        "--repeats=2",
+        env={"BENCH_LOAD_CLIENT": "python"},
+    )
+    raw = json.loads((tmp_path / "RESULTS.json").read_text())
+    seen: list[set[int]] = []
+    for result in raw["server"]:
+        if result["error"] is not None:
+            continue
+        pids = result["server_pids"]
+        half = len(pids) // 2  # bare runs before each of the others, in both repetitions
+        assert len(pids) == 2 * half and set(pids[:half]) != set(pids[half:]), result
+        assert len(set(pids)) == 2, result
+        seen.append(set(pids))
+    assert len(seen) >= 2
+    assert len(set().union(*seen)) == 2 * len(seen)  # no gunicorn serves two variants
+    ours = next(r for r in raw["server"] if r["variant"] == "ours-all")
+    assert len(ours["paired_bare_rps"]) == len(ours["runs"]) == 2
+
+
 def test_redis_limit_is_timed_with_a_round_trip_in_the_same_rounds(
     tmp_path: Path, redis_url: str
 ) -> None:
