@@ -3,7 +3,8 @@
 Each goal is judged in both measures where it has both: the paired timing ratio of the
 in-process section (:mod:`benchmarks.inproc`) and the instructions-per-request ratio of
 the callgrind section (:mod:`benchmarks.instructions`), both against bare Flask in the
-same run. The throughput goal comes from the gunicorn section (:mod:`benchmarks.server`).
+same run. The throughput goal comes from the gunicorn section (:mod:`benchmarks.server`),
+with a gunicorn worker's instruction counts (:mod:`benchmarks.server_instructions`) beside it.
 A goal whose figure this run did not produce says why instead of a verdict.
 """
 
@@ -178,14 +179,34 @@ def _server(servers: Sequence[ServerResult] | None, mode_name: str) -> Judged:
     return Judged(share, limit, detail, at_least=True)
 
 
+def _worker_note(worker_counts: Mapping[str, Count] | None) -> str:
+    """The throughput goals' instructions cell: a throughput goal, with what one gunicorn
+    worker's instruction counts (§2b) say of it when they were taken."""
+    note = "a throughput goal"
+    if worker_counts is None:
+        return note
+    name = SERVER[0]
+    ours, _ = _count_of(worker_counts, name, NOT_COUNTED)
+    bare, _ = _count_of(worker_counts, "bare", NOT_COUNTED)
+    if ours is None or not bare:
+        return note
+    ratio = ours / bare
+    return (
+        f"{note}; in a gunicorn worker (§2b) {name} is {ratio:.3f} x bare in instructions, "
+        f"a CPU-bound ceiling of {100 / ratio:.0f} %"
+    )
+
+
 def judge(
     run: InprocRun | None,
     counts: Mapping[str, Count] | None,
     servers: Sequence[ServerResult] | None,
     not_counted: str = NOT_COUNTED,
+    worker_counts: Mapping[str, Count] | None = None,
 ) -> list[Row]:
     """Every goal next to what this run measured (``not_counted``: why a variant the
-    instructions section left out has no count)."""
+    instructions section left out has no count; ``worker_counts``: instructions per
+    request in a gunicorn worker, shown beside the throughput goals)."""
     rows = [
         Row(
             f"{label} ({name}): ≤ {time:g} x bare in time, ≤ {instr:.2f} x in instructions",
@@ -222,7 +243,7 @@ def judge(
                 f"{SERVER[1] * 100:.0f} % of bare Flask's throughput",
                 _server(servers, mode.name),
                 None,
-                "a throughput goal",
+                _worker_note(worker_counts),
             )
         )
     return rows

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import goals, instructions, server
+from benchmarks import goals, instructions, server, server_instructions
 from benchmarks.inproc import InprocRun, summarize
 from benchmarks.roundtrip import masked_url
 
@@ -53,6 +53,8 @@ class Report:
     counts: dict[str, instructions.Count] | None = None
     instruction_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
     servers: list[server.ServerResult] | None = None
+    worker_counts: dict[str, instructions.Count] | None = None
+    worker_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
     scrape: str | None = None
     resilience: str | None = None
     ratelimit: str | None = None
@@ -61,7 +63,9 @@ class Report:
     not_counted: str = goals.NOT_COUNTED
 
     def goals(self) -> list[goals.Row]:
-        return goals.judge(self.inproc, self.counts, self.servers, self.not_counted)
+        return goals.judge(
+            self.inproc, self.counts, self.servers, self.not_counted, self.worker_counts
+        )
 
 
 # --- cells and small tables -----------------------------------------------------------------
@@ -362,6 +366,19 @@ def write(path: Path, report: Report) -> None:
             "",
             *server_tables(report.servers),
         ]
+    if report.worker_counts is not None:
+        lines += [
+            "## 2b. Instructions per request in a gunicorn worker",
+            "",
+            *_load_note(report, "server-instructions"),
+            "",
+            server_instructions.table(
+                list(report.worker_counts.values()),
+                report.worker_sizes["small"],
+                report.worker_sizes["large"],
+            ).rstrip(),
+            "",
+        ]
     for key, title, body in (
         ("scrape", "## 3. Scrape and probe", report.scrape),
         ("resilience", "## 4. Resilience", report.resilience),
@@ -392,6 +409,10 @@ def raw(report: Report) -> dict[str, Any]:
             data["round_trips"] = dataclasses.asdict(report.inproc.round_trips)
     if report.counts is not None:
         data["instructions"] = {n: dataclasses.asdict(c) for n, c in report.counts.items()}
+    if report.worker_counts is not None:
+        data["server_instructions"] = {
+            n: dataclasses.asdict(c) for n, c in report.worker_counts.items()
+        }
     if report.servers is not None:
         data["server"] = [server.as_dict(r) for r in report.servers]
 

@@ -8,6 +8,7 @@ One run measures the per-request cost goals in both measures and judges them
    round trip timed in the same rounds as the variant with a rate limit on Redis.
 1b. Instructions per request under callgrind (:mod:`benchmarks.instructions`).
 2. Under gunicorn (:mod:`benchmarks.server`): bare and ours in alternating runs.
+2b. Instructions per request in a gunicorn worker (:mod:`benchmarks.server_instructions`).
 3. Scrape and probe: ``benchmarks/scrape.py`` (``/metrics``) and :mod:`benchmarks.probe`
    (``/health``).
 4. Resilience: ``benchmarks/resilience.py``.
@@ -27,7 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import goals, instructions, server
+from benchmarks import goals, instructions, server, server_instructions
 from benchmarks.inproc import run_inproc
 from benchmarks.report import Report, cell, json_lines_table, raw, write
 from benchmarks.variants import BY_NAME, VARIANTS
@@ -57,7 +58,15 @@ QUICK = {
     "repeats": 2,
 }
 
-SECTIONS = ("inproc", "instructions", "server", "scrape", "resilience", "ratelimit")
+SECTIONS = (
+    "inproc",
+    "instructions",
+    "server",
+    "server-instructions",
+    "scrape",
+    "resilience",
+    "ratelimit",
+)
 
 
 def log(message: str) -> None:
@@ -128,6 +137,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--instructions-large", type=int, help="requests of the larger callgrind run"
+    )
+    parser.add_argument(
+        "--worker-small", type=int, help="requests of the smaller count in a gunicorn worker"
+    )
+    parser.add_argument(
+        "--worker-large", type=int, help="requests of the larger count in a gunicorn worker"
     )
     parser.add_argument("--requests", type=int, help="requests per server run")
     parser.add_argument("--repeats", type=int, help="server runs per variant")
@@ -248,6 +263,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 modes=modes,
                 progress=log,
             )
+        elif name == "server-instructions":
+            chosen = list(
+                server_instructions.QUICK_VARIANTS
+                if args.quick
+                else server_instructions.DEFAULT_VARIANTS
+            )
+            sizes_w = dict(server_instructions.QUICK if args.quick else server_instructions.FULL)
+            for key in ("small", "large"):
+                value = getattr(args, f"worker_{key}")
+                if value is not None:
+                    sizes_w[key] = value
+            report.worker_sizes = sizes_w
+            started = section(
+                name, f"instructions per request in a gunicorn worker: {len(chosen)} variants"
+            )
+            report.worker_counts = {
+                c.name: c
+                for c in server_instructions.measure(
+                    chosen, sizes_w["small"], sizes_w["large"], workdir=workdir / "worker-callgrind"
+                )
+            }
         elif name == "scrape":
             started = section(name, "scrape and probe")
             runs = ["--runs", "5" if args.quick else "20"]

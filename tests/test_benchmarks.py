@@ -350,3 +350,73 @@ def test_instruction_counts_are_judged_against_the_goals(tmp_path: Path) -> None
     )
     tracing = r"^\| tracing on, unsampled[^\n]*not in this run's instruction variants \|$"
     assert re.search(tracing, report, re.M)
+
+
+@pytest.mark.slow
+def test_a_gunicorn_workers_instructions_per_request_sit_beside_the_throughput_goals(
+    tmp_path: Path,
+) -> None:
+    """§2b counts instructions inside one gunicorn worker under callgrind, bare and ours,
+    and the throughput goals show what that ratio leaves of bare's throughput."""
+    if shutil.which("valgrind") is None:
+        unavailable("valgrind is not installed (Debian package valgrind)")
+    output = _run_harness(
+        tmp_path,
+        "--sections=server-instructions",
+        "--worker-small=5",
+        "--worker-large=25",
+        timeout=600,
+    )
+    report = output.read_text()
+    counts = json.loads((tmp_path / "RESULTS.json").read_text())["server_instructions"]
+    bare, ours = counts["bare"]["per_request"], counts["ours-all"]["per_request"]
+    # gunicorn's own parsing and socket work come on top of Flask's few hundred thousand.
+    assert bare > 500_000
+    assert ours > bare
+    assert "## 2b. Instructions per request in a gunicorn worker" in report
+    row = re.search(
+        r"^\| ours-all \| ([\d,]+) \| (1\.\d{3}) \| \+[\d,]+ \| (\d+) % \|$", report, re.M
+    )
+    assert row is not None, report
+    assert int(row.group(1).replace(",", "")) == round(ours)
+    assert int(row.group(3)) == round(100 / float(row.group(2)))
+    note = (
+        r"^\| gunicorn, 2 workers, sync: everything on \(ours-all\)[^|]*\| - \| not measured: "
+        r"gunicorn section not run \| a throughput goal; in a gunicorn worker \(§2b\) ours-all "
+        r"is 1\.\d{3} x bare in instructions, a CPU-bound ceiling of \d+ % \|"
+    )
+    assert re.search(note, report, re.M), report
+
+
+def test_worker_counts_without_valgrind_say_so_instead_of_failing(tmp_path: Path) -> None:
+    """valgrind missing: each variant's row says why, the throughput goals keep their note."""
+    output = _run_harness(
+        tmp_path,
+        "--sections=server-instructions",
+        env={"PATH": str(tmp_path / "empty")},
+    )
+    report = output.read_text()
+    assert "| bare | - (valgrind is not installed) | | | |" in report
+    assert "| ours-all | - (valgrind is not installed) | | | |" in report
+    assert re.search(r"gunicorn section not run \| a throughput goal \|  \|$", report, re.M)
+
+
+def test_worker_counts_need_more_requests_in_the_larger_run() -> None:
+    from benchmarks import server_instructions
+
+    with pytest.raises(ValueError, match="large must be more"):
+        server_instructions.measure(["bare"], 50, 50)
+
+
+def test_worker_count_table_shows_the_ceiling_and_a_failed_variant() -> None:
+    from benchmarks.instructions import Count
+    from benchmarks.server_instructions import table
+
+    text = table(
+        [Count("bare", 1_000_000.0), Count("ours-all", 1_250_000.0), Count("x", error="boom")],
+        10,
+        20,
+    )
+    assert "| bare | 1,000,000 | 1.000 | +0 | 100 % |" in text
+    assert "| ours-all | 1,250,000 | 1.250 | +250,000 | 80 % |" in text
+    assert "| x | - (boom) | | | |" in text
