@@ -2,11 +2,12 @@
 
 The throughput goal (:mod:`benchmarks.server`) is timed on two cores shared with the load
 generator, where two gunicorns of the same code can differ by a fifth. This counts what the
-timing cannot see steadily: one gunicorn (one sync worker) per variant runs under callgrind;
-after a warm-up, the worker's counters are zeroed, ``small`` requests are sent one at a time,
-the counters dumped, then the same with ``large`` requests (``callgrind_control -z`` and
-``-d``). Instructions per request = (large dump - small dump) / (large - small): gunicorn's
-own parsing, its header checks and the socket calls included, so the ratio to bare is the
+timing cannot see steadily: one gunicorn (one sync worker) per variant runs under callgrind,
+uninstrumented through start-up and a warm-up (several times faster); then the worker is
+instrumented, its counters zeroed, ``small`` requests are sent one at a time, the counters
+dumped, then the same with ``large`` requests (``callgrind_control -i on``, ``-z`` and ``-d``).
+Instructions per request = (large dump - small dump) / (large - small): gunicorn's own
+parsing, its header checks and the socket calls included, so the ratio to bare is the
 throughput a worker bound by its CPU could keep (1 / ratio) before any cache effect.
 
 ``python -m benchmarks.server_instructions [--quick] [--variants a,b] [--small N] [--large N]``
@@ -83,7 +84,7 @@ class _Worker:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.pop("prometheus_multiproc_dir", None)
         command = [
-            valgrind, "--tool=callgrind", "--trace-children=yes",
+            valgrind, "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
             "--dump-instr=no", "--compress-strings=no",
             f"--callgrind-out-file={self.out}/callgrind.%p",
             sys.executable, "-m", "gunicorn",
@@ -121,6 +122,10 @@ class _Worker:
             capture_output=True, timeout=120, check=True,
         )  # fmt: skip
 
+    def instrument(self) -> None:
+        """Start counting: start-up and warm-up ran uninstrumented (several times faster)."""
+        self._control("--instr=on")
+
     def count(self, requests: int) -> int:
         """Instructions the worker ran serving ``requests`` requests (and its idle loop)."""
         before = set(self.out.glob(f"callgrind.{self.worker}.*"))
@@ -157,6 +162,7 @@ def count_one(variant: str, small: int, large: int, workdir: Path, valgrind: str
         worker.ready(timeout=300)
         for _ in range(WARM_UP):
             _get(worker.port)
+        worker.instrument()
         low = worker.count(small)
         high = worker.count(large)
         return Count(variant, per_request=(high - low) / (large - small))
