@@ -173,32 +173,53 @@ def table(counts: Sequence[Count], small: int, large: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
-    parser.add_argument("--quick", action="store_true", help="few variants, few requests")
+def add_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    """The options both callgrind benchmarks take (this one and a gunicorn worker's)."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--variants", help="comma-separated variants (bare is always added)")
     parser.add_argument("--small", type=int)
     parser.add_argument("--large", type=int)
     parser.add_argument("--json", action="store_true", help="raw figures as JSON")
-    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return worker(args.worker[0], int(args.worker[1]))
-    sizes = dict(QUICK if args.quick else FULL)
-    if args.small is not None:
-        sizes["small"] = args.small
-    if args.large is not None:
-        sizes["large"] = args.large
-    names = list(QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
+
+
+def chosen(
+    args: argparse.Namespace,
+    sizes: tuple[dict[str, int], dict[str, int]],
+    variants: tuple[Sequence[str], Sequence[str]],
+) -> tuple[dict[str, int], list[str]]:
+    """The request counts and variants asked for: ``sizes`` and ``variants`` are the
+    (full, quick) defaults; bare is always counted, first."""
+    counts = dict(sizes[1] if args.quick else sizes[0])
+    for key in ("small", "large"):
+        value = getattr(args, key)
+        if value is not None:
+            counts[key] = value
+    names = list(variants[1] if args.quick else variants[0])
     if args.variants:
         names = [n.strip() for n in args.variants.split(",") if n.strip()]
     if "bare" not in names:
         names.insert(0, "bare")
-    counts = measure(names, sizes["small"], sizes["large"])
-    if args.json:
+    return counts, names
+
+
+def show(counts: Sequence[Count], as_json: bool, text: str) -> None:
+    """Print the raw figures as JSON, or the Markdown table ``text``."""
+    if as_json:
         print(json.dumps([dataclasses.asdict(c) for c in counts], indent=1))
     else:
-        print(table(counts, sizes["small"], sizes["large"]), end="")
+        print(text, end="")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
+    add_arguments(parser, "few variants, few requests")
+    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.worker[0], int(args.worker[1]))
+    sizes, names = chosen(args, (FULL, QUICK), (DEFAULT_VARIANTS, QUICK_VARIANTS))
+    counts = measure(names, sizes["small"], sizes["large"])
+    show(counts, args.json, table(counts, sizes["small"], sizes["large"]))
     return (
         0
         if all(c.per_request is not None or "unavailable" in (c.error or "") for c in counts)

@@ -11,7 +11,7 @@ import platform
 import shlex
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +257,19 @@ def _load_note(report: Report, section: str) -> list[str]:
     return [f"_Load average (1 min) at the start of this section: {load:.2f}; took {took:.0f} s._"]
 
 
+def _counts_section(
+    report: Report,
+    title: str,
+    section: str,
+    render: Callable[[Sequence[instructions.Count], int, int], str],
+    counts: dict[str, instructions.Count],
+    sizes: dict[str, int],
+) -> list[str]:
+    """A section of instruction counts: its title, load note and table."""
+    body = render(list(counts.values()), sizes["small"], sizes["large"]).rstrip()
+    return [title, "", *_load_note(report, section), "", body, ""]
+
+
 # --- the document ---------------------------------------------------------------------------
 
 
@@ -334,18 +347,10 @@ def write(path: Path, report: Report) -> None:
                 lines.append(f"- {result.variant.label}: {result.variant.description}")
         lines.append("")
     if report.counts is not None:
-        lines += [
-            "## 1b. Instructions per request",
-            "",
-            *_load_note(report, "instructions"),
-            "",
-            instructions.table(
-                list(report.counts.values()),
-                report.instruction_sizes["small"],
-                report.instruction_sizes["large"],
-            ).rstrip(),
-            "",
-        ]
+        lines += _counts_section(
+            report, "## 1b. Instructions per request", "instructions", instructions.table,
+            report.counts, report.instruction_sizes,
+        )  # fmt: skip
     if report.servers is not None:
         lines += [
             "## 2. Under gunicorn",
@@ -367,18 +372,11 @@ def write(path: Path, report: Report) -> None:
             *server_tables(report.servers),
         ]
     if report.worker_counts is not None:
-        lines += [
-            "## 2b. Instructions per request in a gunicorn worker",
-            "",
-            *_load_note(report, "server-instructions"),
-            "",
-            server_instructions.table(
-                list(report.worker_counts.values()),
-                report.worker_sizes["small"],
-                report.worker_sizes["large"],
-            ).rstrip(),
-            "",
-        ]
+        lines += _counts_section(
+            report, "## 2b. Instructions per request in a gunicorn worker",
+            "server-instructions", server_instructions.table,
+            report.worker_counts, report.worker_sizes,
+        )  # fmt: skip
     for key, title, body in (
         ("scrape", "## 3. Scrape and probe", report.scrape),
         ("resilience", "## 4. Resilience", report.resilience),

@@ -108,6 +108,19 @@ def run_script(module: str, args: Sequence[str], timeout: float) -> str:
     return f"From `{shown}` ({took:.0f} s):\n\n{body}\n"
 
 
+def _counts_sizes(
+    defaults: dict[str, int], args: argparse.Namespace, prefix: str
+) -> dict[str, int]:
+    """A callgrind section's request counts: ``defaults`` with ``--{prefix}-small`` and
+    ``--{prefix}-large`` applied."""
+    sizes = dict(defaults)
+    for key in ("small", "large"):
+        value = getattr(args, f"{prefix}_{key}")
+        if value is not None:
+            sizes[key] = value
+    return sizes
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
@@ -235,11 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 chosen = names
             elif args.quick:
                 report.not_counted = "counted in the full run only (not in --quick)"
-            report.instruction_sizes = dict(instructions.QUICK if args.quick else instructions.FULL)
-            for key in ("small", "large"):
-                value = getattr(args, f"instructions_{key}")
-                if value is not None:
-                    report.instruction_sizes[key] = value
+            report.instruction_sizes = _counts_sizes(
+                instructions.QUICK if args.quick else instructions.FULL, args, "instructions"
+            )
             started = section(
                 name, f"instructions per request under callgrind: {len(chosen)} variants"
             )
@@ -269,11 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.quick
                 else server_instructions.DEFAULT_VARIANTS
             )
-            sizes_w = dict(server_instructions.QUICK if args.quick else server_instructions.FULL)
-            for key in ("small", "large"):
-                value = getattr(args, f"worker_{key}")
-                if value is not None:
-                    sizes_w[key] = value
+            sizes_w = _counts_sizes(
+                server_instructions.QUICK if args.quick else server_instructions.FULL,
+                args,
+                "worker",
+            )
             report.worker_sizes = sizes_w
             started = section(
                 name, f"instructions per request in a gunicorn worker: {len(chosen)} variants"

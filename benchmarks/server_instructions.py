@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import http.client
-import json
 import os
 import re
 import shutil
@@ -33,7 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.instructions import Count
+from benchmarks.instructions import Count, add_arguments, chosen, show
 from benchmarks.variants import REQUEST_HEADERS, REQUEST_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,27 +221,11 @@ def table(counts: Sequence[Count], small: int, large: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server_instructions")
-    parser.add_argument("--quick", action="store_true", help="two variants, few requests")
-    parser.add_argument("--variants", help="comma-separated variants (bare is always added)")
-    parser.add_argument("--small", type=int)
-    parser.add_argument("--large", type=int)
-    parser.add_argument("--json", action="store_true", help="raw figures as JSON")
+    add_arguments(parser, "two variants, few requests")
     args = parser.parse_args(argv)
-    sizes = dict(QUICK if args.quick else FULL)
-    if args.small is not None:
-        sizes["small"] = args.small
-    if args.large is not None:
-        sizes["large"] = args.large
-    names = list(QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
-    if args.variants:
-        names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    if "bare" not in names:
-        names.insert(0, "bare")
+    sizes, names = chosen(args, (FULL, QUICK), (DEFAULT_VARIANTS, QUICK_VARIANTS))
     counts = measure(names, sizes["small"], sizes["large"])
-    if args.json:
-        print(json.dumps([dataclasses.asdict(c) for c in counts], indent=1))
-    else:
-        print(table(counts, sizes["small"], sizes["large"]), end="")
+    show(counts, args.json, table(counts, sizes["small"], sizes["large"]))
     return 0 if all(c.per_request is not None for c in counts) else 1
 
 

@@ -198,9 +198,9 @@ def test_dashboard_and_alerts_against_real_prometheus(
     seen: set[str] = set()
     deadline = time.monotonic() + 45
     while True:
-        # With Redis gone each worker's breaker runs on its own copy of the state, and a
-        # worker that never saw the shared open reports closed (the gauge keeps the most
-        # recent write): failing calls open every worker's breaker on its own.
+        # With Redis gone each worker's breaker runs on its own copy of the state, and the
+        # gauge keeps the most recent write of any worker: a worker whose copy says closed
+        # can write last. Failing calls open every worker's breaker on its own.
         if "GatewayObsCircuitBreakerOpen" not in seen:
             _get(f"{gateway}/quotes/ACME?fail=1")
         empty = [
