@@ -43,6 +43,7 @@ DEFAULT_VARIANTS = (
     "ours-metrics",
     "ours-ratelimit",
     "ours-sentry",
+    "ours-all-no-limit-headers",
     "ours-defaults",
     "peer-prometheus",
 )

@@ -35,7 +35,7 @@ from benchmarks.instructions import Count, add_arguments, chosen, show
 from benchmarks.variants import REQUEST_HEADERS, REQUEST_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VARIANTS = ("bare", "ours-core", "ours-all")
+DEFAULT_VARIANTS = ("bare", "ours-core", "ours-all", "ours-all-no-limit-headers")
 QUICK_VARIANTS = ("bare", "ours-all")
 FULL = {"small": 200, "large": 1400}
 QUICK = {"small": 30, "large": 130}

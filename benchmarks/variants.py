@@ -511,6 +511,22 @@ VARIANTS: tuple[Variant, ...] = (
         ours=("metrics", "ratelimit", "sentry"),
         description="core + rate limit (memory) + Sentry errors-only + health endpoints",
     ),
+    Variant(
+        "ours-all-no-limit-headers",
+        "ours: everything on, X-RateLimit-* headers off",
+        "ours",
+        _ours,
+        config=(
+            *_COMMON,
+            (_K + "METRICS_ENABLED", True),
+            *_RATELIMIT,
+            ("RATELIMIT_HEADERS_ENABLED", False),
+            (_K + "SENTRY_DSN", _SENTRY_DSN),
+        ),
+        ours=("metrics", "ratelimit", "sentry"),
+        description="as everything on, with RATELIMIT_HEADERS_ENABLED = False: what the three "
+        "headers cost (a server validates and writes each one)",
+    ),
 )
 
 BY_NAME = {variant.name: variant for variant in VARIANTS}
