@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .._compat import flask as compat_flask
-from ..logs import AccessEntry
+from ..logs import AccessEntry, mask_url_credentials
 from .context import (
     RequestContext,
     current_request,
@@ -122,11 +122,14 @@ def _log_access(state: ObsState, ctx: RequestContext, duration: float) -> None:
     ctx.remote_addr = environ.get("REMOTE_ADDR")
     ctx.user_agent = user_agent
     path = ctx.path
-    if len(path) > _MAX_LOGGED_PATH:
+    if len(path) > _MAX_LOGGED_PATH or "@" in path:
+        # A path too long, or one that may hold URL credentials (/fetch/https://u:pw@host).
+        if len(path) > _MAX_LOGGED_PATH:
+            path = path[:_MAX_LOGGED_PATH] + "..."
         state.access_log.write(
             AccessEntry(
                 ctx.method,
-                path[:_MAX_LOGGED_PATH] + "...",
+                mask_url_credentials(path),
                 ctx.route,
                 ctx.status,
                 duration,

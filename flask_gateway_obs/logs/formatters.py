@@ -214,8 +214,10 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.service = service
         self.redactor = Redactor(redact_keys)
-        #: Masks ``key=value`` secrets in messages, exception texts and stacks.
+        #: Masks ``key=value`` secrets in messages, exception texts, stacks and the string
+        #: values of fields.
         self.masker = TextMasker(self.redactor.fragments)
+        self.redactor.mask_text = self.masker.mask
         self._timestamps = _Timestamps()
         self._templates: dict[tuple[str, int, str, str | None], tuple[str, ...]] = {}
         self._texts = _JsonTexts()
@@ -232,6 +234,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": ctx.request_id if ctx is not None else None,
         }
         redactor = self.redactor
+        access = record.name == ACCESS_LOGGER_NAME
         if ctx is not None and ctx.trace_id is not None:
             payload["trace_id"] = ctx.trace_id
             if ctx.span_id is not None:
@@ -245,8 +248,11 @@ class JsonFormatter(logging.Formatter):
                 key = f"{key}_"  # a field never replaces a standard one, nor is it lost
             if redactor.is_secret(key):
                 payload[key] = REDACTED
-            elif value is None or type(value) in (str, int, float, bool):
+            elif value is None or type(value) in (int, float, bool):
                 payload[key] = value
+            elif type(value) is str:
+                # The access line's fields are written as they are, as on its fast path.
+                payload[key] = value if access else self.masker.mask(value)
             else:
                 payload[key] = redactor.redact(value)
         if ctx is not None and ctx.bound:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -40,12 +40,22 @@ _MAX_DEPTH = 8
 
 
 class Redactor:
-    """Replaces the values of secret-looking keys, at any depth, in a copy of the data."""
+    """Replaces the values of secret-looking keys, at any depth, in a copy of the data.
 
-    def __init__(self, extra_fragments: Iterable[str] = ()) -> None:
+    :param mask_text: applied to every string value met on the way (the logs mask
+        ``key=value`` secrets and URL credentials in them); strings pass as they are
+        without it.
+    """
+
+    def __init__(
+        self,
+        extra_fragments: Iterable[str] = (),
+        mask_text: Callable[[str], str] | None = None,
+    ) -> None:
         self.fragments = tuple(
             dict.fromkeys(f.lower() for f in (*SECRET_FRAGMENTS, *extra_fragments) if f)
         )
+        self.mask_text = mask_text
         self._verdicts: dict[str, bool] = {}
 
     def is_secret(self, key: str) -> bool:
@@ -65,7 +75,9 @@ class Redactor:
         are walked by key; a ``(key, value)`` pair whose key looks secret (a list of
         header pairs) has its value replaced; non-finite floats become strings.
         """
-        if value is None or isinstance(value, (str, int, bool)):
+        if isinstance(value, str):
+            return value if self.mask_text is None else self.mask_text(value)
+        if value is None or isinstance(value, (int, bool)):
             return value
         if isinstance(value, float):
             return value if math.isfinite(value) else repr(value)
@@ -161,7 +173,8 @@ class TextMasker:
       ``Bearer ...``); ordinary prose (``token expired for user 42``) is left alone.
 
     Lines of source code (:meth:`mask_code`, :meth:`mask_traceback`) keep their code and
-    lose the string literals that follow a secret-looking name.
+    lose the string literals that follow a secret-looking name; a literal that holds a
+    secret itself (``"password=hunter2"``) is masked as text.
 
     :param fragments: lower-case key fragments that mark a secret (``password``, ...).
     """
@@ -247,12 +260,20 @@ class TextMasker:
         last = 0
         for literal in _LITERAL.finditer(code):
             body = literal["body"]
-            if literal.start() < start or not body or body == REDACTED or _is_key(code, literal):
+            if not body or body == REDACTED or _is_key(code, literal):
                 continue
-            if found is not None:
-                found.add(body)
+            if literal.start() < start:
+                # Before the name (or holding it): its own secrets, masked as text
+                # (``raise Error("login failed password=hunter2")``).
+                replacement = self.mask(body, found)
+                if replacement == body:
+                    continue
+            else:
+                if found is not None:
+                    found.add(body)
+                replacement = REDACTED
             pieces.append(code[last : literal.start("body")])
-            pieces.append(REDACTED)
+            pieces.append(replacement)
             last = literal.end("body")
         pieces.append(code[last:])
         bare = _LITERAL.sub("", code)

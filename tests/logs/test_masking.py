@@ -118,3 +118,99 @@ def test_logs_and_sentry_mask_text_with_one_implementation() -> None:
     assert logged == TextMasker(SECRET_FRAGMENTS).mask(text)
     assert logged == Scrubber().scrub_text(text)
     assert PASSWORD not in logged and API_KEY not in logged and TOKEN not in logged
+
+
+SCHEMAS = [("json", "default"), ("console", "default"), ("json", "ecs"), ("json", "otel")]
+
+
+@pytest.mark.parametrize(("log_format", "schema"), SCHEMAS)
+def test_a_secret_inside_a_string_literal_of_a_stack_line_is_masked(
+    make_app: MakeApp, capsys: pytest.CaptureFixture[str], log_format: str, schema: str
+) -> None:
+    """A source line whose literal holds the secret itself (the name inside the literal,
+    not before it) loses the secret in the stack too, in every format and schema."""
+    app = make_app({Keys.LOG_FORMAT: log_format, Keys.LOG_SCHEMA: schema})
+
+    @app.get("/connect")
+    def connect() -> str:
+        raise RuntimeError(f"refused {PASSWORD}: password=hunter2-literal-pw dbname=orders")
+
+    @app.get("/token")
+    def token() -> str:
+        raise RuntimeError("invalid token 3fa9c1d2e3f4abc7")
+
+    client = app.test_client()
+    assert client.get("/connect").status_code == 500
+    assert client.get("/token").status_code == 500
+    out = capsys.readouterr().out
+    assert "hunter2-literal-pw" not in out
+    assert "3fa9c1d2e3f4abc7" not in out
+    assert "password=[REDACTED] dbname=orders" in out  # the rest of the literal is kept
+    assert "raise RuntimeError(" in out  # the source line is still there, as code
+
+
+def test_source_lines_mask_the_secrets_of_their_own_literals() -> None:
+    """The code masker: a literal after a secret-looking name is masked whole; a literal
+    that holds a key=value secret loses the value only; ordinary literals stay."""
+    masker = TextMasker(SECRET_FRAGMENTS)
+    assert masker.mask_code(['    connect("host=db user=app password=pw-123456 dbname=o")']) == [
+        '    connect("host=db user=app password=[REDACTED] dbname=o")'
+    ]
+    assert masker.mask_code(['    log.info("token %s", token)']) == [
+        '    log.info("token %s", token)'
+    ]
+    assert masker.mask_code(['    connect(password="pw-123456", user="ada")']) == [
+        '    connect(password="[REDACTED]", user="[REDACTED]")'
+    ]
+    assert masker.mask_code(['    print("hello", name)']) == ['    print("hello", name)']
+
+
+@pytest.mark.parametrize(("log_format", "schema"), SCHEMAS)
+def test_string_values_of_fields_lose_their_secrets_whatever_their_names(
+    make_app: MakeApp, capsys: pytest.CaptureFixture[str], log_format: str, schema: str
+) -> None:
+    """Extra and bound fields under ordinary names are masked as messages are: URL
+    credentials, key=value secrets, at any depth; the rest of each value is kept."""
+    app = make_app({Keys.LOG_FORMAT: log_format, Keys.LOG_SCHEMA: schema})
+
+    @app.get("/fields")
+    def fields() -> str:
+        from flask import request
+
+        from flask_gateway_obs import bind_context
+
+        bind_context(upstream="https://svc:bound-pw-98765@upstream.example/v1")
+        get_logger("app").info(
+            "connecting",
+            db_url="postgresql://app:dsn-pw-12345@db/orders",
+            note=f"retry with password={PASSWORD}",
+            url=request.url,
+            nested={"targets": ["redis://:nested-pw-5555@cache:6379/0"]},
+        )
+        logging.getLogger("app").info("plain", extra={"detail": f"api_key: {API_KEY}"})
+        return "ok"
+
+    assert app.test_client().get("/fields?token=query-tok-777&page=2").status_code == 200
+    out = capsys.readouterr().out
+    leaked = ["bound-pw-98765", "dsn-pw-12345", PASSWORD, "query-tok-777", "nested-pw-5555"]
+    assert [s for s in (*leaked, API_KEY) if s in out] == []
+    assert "postgresql://app:***@db/orders" in out
+    assert "page=2" in out
+
+
+@pytest.mark.parametrize(("log_format", "schema"), SCHEMAS)
+def test_url_credentials_in_a_path_are_masked_in_every_field_of_the_access_line(
+    make_app: MakeApp, capsys: pytest.CaptureFixture[str], log_format: str, schema: str
+) -> None:
+    """A path holding a URL with credentials (a proxy route) is logged with them masked,
+    in the message and in the path field alike."""
+    app = make_app({Keys.LOG_FORMAT: log_format, Keys.LOG_SCHEMA: schema})
+
+    @app.get("/fetch/<path:target>")
+    def fetch(target: str) -> str:
+        return "ok"
+
+    assert app.test_client().get("/fetch/https://admin:path-pw-4242@internal/x").status_code == 200
+    out = capsys.readouterr().out
+    assert "path-pw-4242" not in out
+    assert "https://admin:***@internal/x" in out
