@@ -29,6 +29,7 @@ from werkzeug.exceptions import (
     Unauthorized,
     UnprocessableEntity,
 )
+from werkzeug.wrappers import Request as WerkzeugRequest
 
 from .core.context import get_request_id
 from .core.contracts import ErrorInfo, ErrorListener
@@ -336,11 +337,50 @@ def _log_error(info: ErrorInfo) -> None:
         pass
 
 
+#: What a body that could not be read or parsed answers (the client's fault, not a bug).
+UNREADABLE_BODY = "The request body could not be read: it is malformed or nested too deeply."
+
+
+def unreadable_body(error: BaseException) -> BadRequest | None:
+    """A 400 for an error that reading or parsing the request body raised, else None.
+
+    Flask turns a body that is not JSON into a 400 but lets through what the stream or
+    the parser raise otherwise: the server's error for a broken chunked encoding
+    (werkzeug's ``OSError``, gunicorn's ``InvalidChunkSize``, raised in ``wsgi.input``),
+    a ``RecursionError`` for JSON nested too deeply. Only errors raised inside the
+    request's input stream or its ``get_json`` are taken; the same error raised by the
+    app's own code stays a 500, and so does running out of memory.
+    """
+    if isinstance(error, (HTTPException, MemoryError)) or not isinstance(error, Exception):
+        return None
+    if not request:
+        return None
+    stream = request.environ.get("wsgi.input")
+    traceback = error.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        owner = frame.f_locals.get("self")
+        if owner is not None and (
+            owner is stream
+            or (
+                isinstance(error, RecursionError)
+                and frame.f_code.co_name == "get_json"
+                and isinstance(owner, WerkzeugRequest)
+            )
+        ):
+            bad = BadRequest(UNREADABLE_BODY)
+            bad.__cause__ = error
+            return bad
+        traceback = traceback.tb_next
+    return None
+
+
 def handle_error(state: ObsState, error: BaseException) -> Response | HTTPException:
     """Flask error handler for every exception: notify, log and render."""
     if isinstance(error, HTTPException) and error.response is not None:
         # ``abort(response)``: the view chose its own response.
         return error.response  # type: ignore[return-value]
+    error = unreadable_body(error) or error
     headers = _headers(error)
     request_id = state.current_context().request_id if request else None
     info = describe(error)
