@@ -30,7 +30,14 @@ from .core import drain
 from .core.context import current_request
 from .core.middleware import ObsMiddleware
 from .core.state import EXTENSION_KEY, ObsState, current_state
-from .logs import LOGGER_NAME, AccessLog, configure_logging, emit, quiet_server_access_lines
+from .logs import (
+    LOGGER_NAME,
+    AccessLog,
+    ConsoleFormatter,
+    configure_logging,
+    emit,
+    quiet_server_access_lines,
+)
 
 if TYPE_CHECKING:
     from flask_limiter import Limiter
@@ -45,6 +52,29 @@ if TYPE_CHECKING:
 __all__ = ["GatewayObs"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _ConsoleOnceDebug:
+    """``GATEWAY_OBS_LOG_FORMAT = auto``, decided again at the app's first request:
+    ``app.run(debug=True)`` and ``app.debug = True`` after ``init_app`` turn debug on
+    only once the app is set up. Gone after that request (nothing per request)."""
+
+    __slots__ = ("handler", "state")
+
+    def __init__(self, state: ObsState, handler: logging.Handler) -> None:
+        self.state = state
+        self.handler = handler
+
+    def request_started(self, ctx: object) -> None:
+        state = self.state
+        # A new list: the WSGI step may be iterating the one it holds.
+        state.observers = [o for o in state.observers if o is not self]
+        if state.app.debug:
+            settings = state.settings
+            self.handler.setFormatter(ConsoleFormatter(state.service, settings.log_redact_keys))
+
+    def request_finished(self, *args: object) -> None:
+        pass
 
 
 class GatewayObs:
@@ -103,6 +133,8 @@ class GatewayObs:
                 backup_count=settings.log_file_backup_count,
             )
             state.access_log = AccessLog(handlers[0])
+            if settings.log_format == "auto" and not console:
+                state.observers.append(_ConsoleOnceDebug(state, handlers[0]))
             if settings.log_access:
                 quiet_server_access_lines()
             _route_app_logger(app)

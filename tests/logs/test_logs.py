@@ -300,6 +300,34 @@ def test_auto_format_is_console_in_debug_and_json_otherwise(capsys) -> None:
     assert json.loads(second)["message"] == "probe"
 
 
+def test_auto_format_follows_debug_turned_on_after_init_app(capsys) -> None:
+    """app.run(debug=True) and app.debug = True come after the app is set up: auto is
+    decided again at the first request (and only then); an app left out of debug keeps
+    JSON lines."""
+    app = Flask("auto_late")
+
+    @app.get("/hello")
+    def hello() -> str:
+        get_logger().info("inside")
+        return "ok"
+
+    GatewayObs(app)
+    app.debug = True
+    app.test_client().get("/hello")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert lines and not any(line.startswith("{") for line in lines)
+    assert any("inside" in line for line in lines)
+
+    plain = Flask("auto_plain")
+    plain.route("/hello")(lambda: "ok")
+    GatewayObs(plain)
+    plain.test_client().get("/hello")
+    plain.debug = True  # after the first request: decided already
+    plain.test_client().get("/hello")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 2 and all(json.loads(line)["path"] == "/hello" for line in lines)
+
+
 def test_log_file_rotates(make_app, tmp_path, capsys) -> None:
     """LOG_FILE writes JSON lines and rotates at the size limit."""
     path = tmp_path / "gw.log"
