@@ -119,7 +119,7 @@ class GatewayLimiter(DeferredDecorators, ViewBinding, Limiter):  # type: ignore[
                 max_probe_interval=settings.ratelimit_probe_interval,
                 key_prefix=self._gw_key_prefix or config.get(ConfigVars.KEY_PREFIX) or "",
             )
-        name_internal_views(app, self._internal_paths)
+        exempt_internal_views(self, app, self._internal_paths)
         self._prepare_steps(app)
         self._adopt_hooks(app)
 
@@ -390,14 +390,18 @@ def problem_detail(info: ErrorInfo) -> None:
         info.extensions["detail"] = f"Rate limit exceeded: {error.limit.limit}."
 
 
-def name_internal_views(app: Flask, paths: set[str]) -> None:
-    """Give the extension's own endpoints (health, metrics) a name, as view functions have:
-    Flask-Limiter names every view it looks at (its check, its CLI)."""
+def exempt_internal_views(limiter: Limiter, app: Flask, paths: set[str]) -> None:
+    """Mark the extension's own endpoints (health, metrics) exempt with Flask-Limiter's
+    ``exempt``, so its own evaluation and its CLI (``flask limiter limits``) see them as
+    they are served: never limited. A view without a name gets one first, as view
+    functions have: Flask-Limiter names every view it looks at."""
     for rule in list(app.url_map.iter_rules()):
         view = app.view_functions.get(rule.endpoint)
-        if rule.rule not in paths or view is None or hasattr(view, "__name__"):
+        if rule.rule not in paths or view is None:
             continue
-        app.view_functions[rule.endpoint] = _named(view, rule.endpoint)
+        if not hasattr(view, "__name__"):
+            view = app.view_functions[rule.endpoint] = _named(view, rule.endpoint)
+        limiter.exempt(view)
 
 
 def _named(view: Callable[..., Any], endpoint: str) -> Callable[..., Any]:

@@ -58,6 +58,23 @@ def test_flask_limiters_cli_lists_and_clears_limits_with_the_extension_on(make_a
     assert client.get("/metrics").status_code == 200
 
 
+def test_flask_limiters_cli_shows_the_extensions_endpoints_exempt(make_app) -> None:
+    """With a default limit, ``flask limiter limits`` lists health and metrics as exempt
+    (as they are served: never limited) and the app's own routes with the limit."""
+    app = add_routes(make_app({"RATELIMIT_DEFAULT": "2/minute"}), "5/minute")
+    listed = app.test_cli_runner().invoke(limiter_cli, ["limits"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    for path in ("/health", "/health/live", "/health/ready", "/metrics"):
+        at = next(i for i, line in enumerate(lines) if line.rstrip().endswith(f": {path}"))
+        assert "Exempt" in lines[at + 1], listed.output
+    at = next(i for i, line in enumerate(lines) if line.rstrip().endswith(": /free"))
+    assert "2 per 1 minute" in lines[at + 1], listed.output
+    client = app.test_client()
+    assert statuses(client, "/health/ready", 4) == [200] * 4
+    assert statuses(client, "/free", 3) == [200, 200, 429]
+
+
 def late_limit(limiter: Limiter, app: Flask) -> list[int]:
     """Serve ``/late`` once, then add ``1/minute`` to its view through ``limiter``."""
 
