@@ -16,23 +16,34 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .base import BaseKeys, BaseSettings
+from .health import CROSS_RULES as HEALTH_RULES
 from .health import HealthKeys, HealthSettings
-from .health import cross_checks as health_cross_checks
 from .metrics import MetricsKeys, MetricsSettings
-from .parsers import PREFIX, ConfigError, Parser, _Invalid, _Problems, parse_options
+from .parsers import (
+    NOT_SHOWN,
+    PREFIX,
+    ConfigError,
+    CrossRule,
+    Parser,
+    _Invalid,
+    _Problems,
+    parse_options,
+)
+from .ratelimit import CROSS_RULES as RATELIMIT_RULES
 from .ratelimit import RatelimitKeys, RatelimitSettings
-from .ratelimit import cross_checks as ratelimit_cross_checks
 from .resilience import BREAKER_OPTIONS, RETRY_OPTIONS, ResilienceKeys, ResilienceSettings
-from .resilience import cross_checks as resilience_cross_checks
+from .resilience import CROSS_RULES as RESILIENCE_RULES
+from .sentry import CROSS_RULES as SENTRY_RULES
 from .sentry import SENTRY_OFF, SentryKeys, SentrySettings
-from .sentry import cross_checks as sentry_cross_checks
+from .slo import CROSS_RULES as SLO_RULES
 from .slo import SloKeys, SloSettings
-from .slo import cross_checks as slo_cross_checks
 from .tracing import TracingKeys, TracingSettings
 
 __all__ = [
@@ -84,14 +95,71 @@ _BY_NAME = {f.name: f for f in dataclasses.fields(Settings)}
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
-#: Rules between keys, one function per group: ``settings -> [(key, got, accepts)]``.
-_CROSS_CHECKS: tuple[Callable[[Settings], list[tuple[str, Any, str]]], ...] = (
-    health_cross_checks,
-    sentry_cross_checks,
-    ratelimit_cross_checks,
-    slo_cross_checks,
-    resilience_cross_checks,
+#: Rules between keys: ``settings -> [(key, got, accepts)]``, each of them skipped when a
+#: key it reads failed to parse (it would judge that key's default, not the user's value).
+_CROSS_RULES: tuple[CrossRule, ...] = (
+    *HEALTH_RULES,
+    *SENTRY_RULES,
+    *RATELIMIT_RULES,
+    *SLO_RULES,
+    *RESILIENCE_RULES,
 )
+#: The prefix of ``from_prefixed_env()``'s default: ``FLASK_GATEWAY_OBS_LOG_LEVEL``.
+_FLASK_PREFIX = "FLASK_"
+#: Keys whose value is text: one from the environment is taken as written (see _as_written).
+_TEXT_TYPES = frozenset({"str", "str | None", str})
+
+
+class _ReadsRecorded(Settings):
+    """Settings that note which fields are read (by a cross-key rule in ``load_settings``)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _BY_NAME:
+            object.__getattribute__(self, "_reads").add(name)
+        return object.__getattribute__(self, name)
+
+
+def _cross_problems(fields: Mapping[str, Any], failed: set[str]) -> list[tuple[str, Any, str]]:
+    """The problems of every cross-key rule that read no field in ``failed``."""
+    recorded = _ReadsRecorded(**fields)
+    problems: list[tuple[str, Any, str]] = []
+    for rule in _CROSS_RULES:
+        reads: set[str] = set()
+        object.__setattr__(recorded, "_reads", reads)
+        found = rule(recorded)
+        if not reads & failed:
+            problems.extend(found)
+    return problems
+
+
+def _same(decoded: Any, value: Any) -> bool:
+    """Whether ``value`` is what ``json.loads`` made of a text (``1 == True`` is no match)."""
+    if type(decoded) is not type(value):
+        return False
+    if isinstance(value, float) and math.isnan(value):
+        return math.isnan(decoded)
+    return bool(decoded == value)
+
+
+def _as_written(field: dataclasses.Field[Any], value: Any, environ: Mapping[str, str]) -> Any:
+    """The text of a text key as the environment wrote it, where ``from_prefixed_env()``
+    JSON-decoded it into a number or a boolean (``1.10`` became ``1.1``, ``1e5``
+    ``100000.0``); ``value`` itself otherwise. ``null`` stays what Flask documents it
+    to be, no value (the key unset).
+
+    Only the variable of Flask's default prefix, ``FLASK_<KEY>``, is looked at: a value
+    loaded with ``from_prefixed_env(prefix=...)`` keeps what JSON made of it.
+    """
+    if value is None or isinstance(value, str) or field.type not in _TEXT_TYPES:
+        return value
+    written = environ.get(_FLASK_PREFIX + field.metadata["key"])
+    if written is None:
+        return value
+    try:
+        decoded = json.loads(written)
+    except ValueError:
+        return value
+    return written if _same(decoded, value) else value
 
 
 def all_keys() -> dict[str, dataclasses.Field[Any]]:
@@ -115,50 +183,57 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return normalised
 
 
-def load_settings(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
+def load_settings(
+    config: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
     """Validate the extension's keys of ``config`` and return them as :class:`Settings`.
 
     ``overrides`` come from the constructor, by field name (``log_level``) or by
     key (``GATEWAY_OBS_LOG_LEVEL``); a value in ``config`` wins over them.
 
+    :param environ: where ``FLASK_GATEWAY_OBS_*`` variables are read back, so that a text
+        key JSON-decoded by ``from_prefixed_env()`` keeps its text; default ``os.environ``.
     :raises ConfigError: naming every bad key, what it got and what it accepts.
     :raises TypeError: for an override that names no setting.
     """
     normalised = check_overrides(overrides)
+    environ = os.environ if environ is None else environ
 
     values: dict[str, Any] = {}
+    failed: set[str] = set()
     problems: list[tuple[str, Any, str]] = []
     for key, field in _FIELDS.items():
         if key in config:
-            raw = config[key]
+            raw = _as_written(field, config[key], environ)
         elif key in normalised:
             raw = normalised[key]
         else:
-            values[field.name] = field.default
             continue
         try:
             values[field.name] = field.metadata["parse"](raw)
         except _Problems as exc:  # a nested value names each bad part
             problems.extend(exc.problems)
+            failed.add(field.name)
         except _Invalid:
             problems.append((key, raw, field.metadata["accepts"]))
+            failed.add(field.name)
     for key in config:
         if key.startswith(PREFIX) and key not in _FIELDS:
             close = difflib.get_close_matches(key, list(_FIELDS), n=1)
             hint = f"a known key (did you mean {close[0]}?)" if close else "a known key"
-            problems.append((key, config[key], hint))
-    # Rules between keys run on what parsed (a bad key falls back to its default here),
-    # so one ConfigError names every problem at once.
+            # never the value: a mistyped secret key (..._METRICS_TOKN) holds a secret
+            problems.append((key, NOT_SHOWN, hint))
+    # Rules between keys run on what parsed, so one ConfigError names every problem at
+    # once; a rule that reads a bad key is skipped (it would judge that key's default).
     bad = {problem[0] for problem in problems}
-    settings = Settings(**{**_DEFAULTS, **values})
-    for rules in _CROSS_CHECKS:
-        problems.extend(p for p in rules(settings) if p[0] not in bad)
+    fields = {**_DEFAULTS, **values}
+    problems.extend(p for p in _cross_problems(fields, failed) if p[0] not in bad)
     if problems:
         raise ConfigError(problems)
-    return settings
-
-
-_FLASK_PREFIX = "FLASK_"
+    return Settings(**fields)
 
 
 def unreceived_environment(

@@ -9,6 +9,7 @@ from .metrics import MetricsKeys, MetricsSettings
 from .parsers import (
     PATH_ACCEPTS,
     PREFIX,
+    CrossRule,
     Parser,
     _bool,
     _choice,
@@ -235,35 +236,42 @@ class HealthKeys:
     DRAIN_FLUSH_TIMEOUT = PREFIX + "DRAIN_FLUSH_TIMEOUT"
 
 
-def cross_checks(settings: HealthSettings) -> list[tuple[str, Any, str]]:
-    """Rules between health keys (a token required by another key, thresholds in order)
-    and the distinct paths of the extension's endpoints."""
-    problems: list[tuple[str, Any, str]] = []
+def _token_rule(settings: HealthSettings) -> list[tuple[str, Any, str]]:
+    """Details shown ``when_authorized`` need a token to authorize with."""
     if settings.health_show_details == "when_authorized" and not settings.health_token:
-        problems.append(
+        return [
             (HealthKeys.HEALTH_TOKEN, None, "a token when HEALTH_SHOW_DETAILS is when_authorized")
-        )
+        ]
+    return []
+
+
+def _memory_rule(settings: HealthSettings) -> list[tuple[str, Any, str]]:
+    """The memory check is degraded before it is unhealthy."""
     if settings.health_memory_degraded_percent > settings.health_memory_unhealthy_percent:
-        problems.append(
+        return [
             (
                 HealthKeys.HEALTH_MEMORY_DEGRADED_PERCENT,
                 settings.health_memory_degraded_percent,
                 "a percentage not above GATEWAY_OBS_HEALTH_MEMORY_UNHEALTHY_PERCENT",
             )
-        )
+        ]
+    return []
+
+
+def _disk_rule(settings: HealthSettings) -> list[tuple[str, Any, str]]:
+    """The disk check is degraded before it is unhealthy."""
     if settings.health_disk_degraded_percent > settings.health_disk_unhealthy_percent:
-        problems.append(
+        return [
             (
                 HealthKeys.HEALTH_DISK_DEGRADED_PERCENT,
                 settings.health_disk_degraded_percent,
                 "a percentage not above GATEWAY_OBS_HEALTH_DISK_UNHEALTHY_PERCENT",
             )
-        )
-    problems.extend(_endpoint_path_clashes(settings))
-    return problems
+        ]
+    return []
 
 
-def _endpoint_path_clashes(settings: HealthSettings) -> list[tuple[str, Any, str]]:
+def _endpoint_path_rule(settings: HealthSettings) -> list[tuple[str, Any, str]]:
     """Every endpoint the extension serves on a path of its own: health, live, ready and
     metrics, those that are on (Settings composes both groups)."""
     paths: dict[str, str] = {}
@@ -285,3 +293,9 @@ def _endpoint_path_clashes(settings: HealthSettings) -> list[tuple[str, Any, str
         else:
             owner[path] = key
     return problems
+
+
+#: Rules between health keys (a token required by another key, thresholds in order) and
+#: the distinct paths of the extension's endpoints; each is skipped by ``load_settings``
+#: when a key it reads failed to parse.
+CROSS_RULES: tuple[CrossRule, ...] = (_token_rule, _memory_rule, _disk_rule, _endpoint_path_rule)

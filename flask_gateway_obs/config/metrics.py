@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from .parsers import (
+    BUCKETS_ACCEPTS,
     PATH_ACCEPTS,
     PREFIX,
     _bool,
@@ -64,14 +65,14 @@ class MetricsSettings:
         "METRICS_BUCKETS",
         (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         _buckets,
-        "a list of distinct numbers > 0 (or a comma-separated string)",
+        BUCKETS_ACCEPTS,
         "upper bounds in seconds of ``http_request_duration_seconds`` (``+Inf`` is added)",
     )
     metrics_dependency_buckets: tuple[float, ...] = _setting(
         "METRICS_DEPENDENCY_BUCKETS",
         (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         _buckets,
-        "a list of distinct numbers > 0 (or a comma-separated string)",
+        BUCKETS_ACCEPTS,
         "upper bounds in seconds of ``dependency_latency_seconds`` (``+Inf`` is added)",
     )
     metrics_count_internal: bool = _setting(

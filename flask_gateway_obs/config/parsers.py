@@ -39,14 +39,34 @@ class ConfigError(ValueError):
 _SECRET_KEY_PARTS = ("TOKEN", "DSN", "PASSWORD", "SECRET")
 
 
+class _NotShown:
+    """The ``got`` of a key or option that names no setting: its value is never shown,
+    since a mistyped secret key (``..._METRICS_TOKN``) holds a secret all the same."""
+
+    def __repr__(self) -> str:
+        return "a value (not shown)"
+
+
+NOT_SHOWN: Any = _NotShown()
+
+
+#: The longest value an error shows.
+_MAX_SHOWN = 200
+
+
 def _shown(key: str, value: Any) -> str:
-    """How a bad value appears in the error: secrets never; passwords in URLs and in
-    ``key=value`` form (``host=db password=PW``) masked."""
+    """How a bad value appears in the error: secrets and the values of unknown keys
+    never; passwords in URLs and in ``key=value`` form (``host=db password=PW``) masked."""
+    if value is NOT_SHOWN:
+        return repr(value)
     if any(part in key.upper() for part in _SECRET_KEY_PARTS):
         return "'***'"
     from ..logs.redaction import SECRET_FRAGMENTS, TextMasker
 
-    return TextMasker(SECRET_FRAGMENTS).mask(repr(value))
+    shown = TextMasker(SECRET_FRAGMENTS).mask(repr(value))
+    if len(shown) > _MAX_SHOWN:  # 20,000 bucket bounds need not fill the error
+        return f"{shown[:_MAX_SHOWN]}... ({len(shown)} characters)"
+    return shown
 
 
 class _Invalid(Exception):
@@ -254,6 +274,17 @@ def _metric_name(value: Any) -> str:
     return text
 
 
+#: The most bucket bounds a histogram may have. Every bound is one more sample per
+#: label set in every scrape (per route and method for ``http_request_duration_seconds``);
+#: prometheus_client's defaults have 15, ours 11 and 13: 64 leaves room for fine SLO bounds
+#: and keeps a scrape small.
+MAX_BUCKETS = 64
+BUCKETS_ACCEPTS = (
+    f"a list of 1 to {MAX_BUCKETS} distinct numbers of seconds > 0 and <= {MAX_SECONDS:g} "
+    "(or a comma-separated string)"
+)
+
+
 def _buckets(value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         text = value.strip()
@@ -261,7 +292,7 @@ def _buckets(value: Any) -> tuple[float, ...]:
             value = json.loads(text) if text.startswith("[") else text.split(",")
         except ValueError:
             raise _Invalid from None
-    if not isinstance(value, (list, tuple)) or not value:
+    if not isinstance(value, (list, tuple)) or not 0 < len(value) <= MAX_BUCKETS:
         raise _Invalid
     bounds = tuple(sorted(_positive_float(v) for v in value))
     if len(set(bounds)) != len(bounds):
@@ -337,7 +368,8 @@ def _parse_entry(
         if spec is None:
             close = difflib.get_close_matches(str(option), list(options), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append((f"{where}.{option}", raw, f"one of {', '.join(options)}{hint}"))
+            # the value of an unknown option is never shown (it may be a mistyped secret)
+            problems.append((f"{where}.{option}", NOT_SHOWN, f"one of {', '.join(options)}{hint}"))
             continue
         parse, accepts = spec
         try:
@@ -389,6 +421,10 @@ def _named_options(key: str, options: Mapping[str, tuple[Parser, str]]) -> Parse
         return result
 
     return parse
+
+
+#: A rule between keys: ``settings -> [(key, got, accepts)]``.
+CrossRule = Callable[[Any], list[tuple[str, Any, str]]]
 
 
 def _setting(key: str, default: Any, parse: Parser, accepts: str, doc: str) -> Any:

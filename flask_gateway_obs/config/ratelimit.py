@@ -8,6 +8,7 @@ from typing import Any
 
 from .parsers import (
     PREFIX,
+    CrossRule,
     Parser,
     _bool,
     _callable_or_import,
@@ -101,9 +102,9 @@ class RatelimitKeys:
     TRUSTED_PROXIES = PREFIX + "TRUSTED_PROXIES"
 
 
-def cross_checks(settings: RatelimitSettings) -> list[tuple[str, Any, str]]:
-    """Rules between rate-limit keys: a probe of a storage that is down must end before the
-    next one is due (else a black-holed storage stalls a request at every probe)."""
+def _probe_rule(settings: RatelimitSettings) -> list[tuple[str, Any, str]]:
+    """A probe of a storage that is down must end before the next one is due (else a
+    black-holed storage stalls a request at every probe)."""
     problems: list[tuple[str, Any, str]] = []
     if settings.ratelimit_storage_timeout >= settings.ratelimit_probe_interval:
         problems.append(
@@ -114,3 +115,8 @@ def cross_checks(settings: RatelimitSettings) -> list[tuple[str, Any, str]]:
             )
         )
     return problems
+
+
+#: Rules between rate-limit keys (skipped by ``load_settings`` when a key they read failed
+#: to parse).
+CROSS_RULES: tuple[CrossRule, ...] = (_probe_rule,)

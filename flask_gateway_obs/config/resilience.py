@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .parsers import (
     PREFIX,
+    CrossRule,
     Parser,
     _between,
     _bool,
@@ -352,22 +353,31 @@ def slow_calls_problem(window: str, slow_call_seconds: float | None) -> bool:
     return slow_call_seconds is not None and window == "consecutive"
 
 
-def cross_checks(settings: Any) -> list[tuple[str, Any, str]]:
-    """Rules between breaker keys: slow calls need a rate window; Redis storage needs a
-    usable Redis URL."""
-    problems: list[tuple[str, Any, str]] = []
+def _slow_calls_rule(settings: Any) -> list[tuple[str, Any, str]]:
+    """Slow calls (``GATEWAY_OBS_BREAKER_SLOW_CALL_SECONDS``) need a rate window."""
     if slow_calls_problem(settings.breaker_window, settings.breaker_slow_call_seconds):
-        problems.append(
+        return [
             (
                 ResilienceKeys.BREAKER_SLOW_CALL_SECONDS,
                 settings.breaker_slow_call_seconds,
                 SLOW_CALLS_NEED_A_RATE_WINDOW + " (GATEWAY_OBS_BREAKER_WINDOW)",
             )
-        )
+        ]
+    return []
+
+
+def _breakers_slow_calls_rule(settings: Any) -> list[tuple[str, Any, str]]:
+    """The same for each breaker of ``GATEWAY_OBS_BREAKERS`` that sets slow calls; its
+    window defaults to the shared key, read only then (a bad shared window skips the rule,
+    and a breaker with a window of its own needs it not)."""
+    problems: list[tuple[str, Any, str]] = []
     for name, options in (settings.breakers or {}).items():
-        window = options.get("window", settings.breaker_window)
-        slow = options.get("slow_call_seconds", settings.breaker_slow_call_seconds)
-        if "slow_call_seconds" in options and slow_calls_problem(window, slow):
+        if "slow_call_seconds" not in options:
+            continue
+        # not .get(..., default): the shared window is read only when the breaker has none
+        window = options.get("window") or settings.breaker_window
+        slow = options["slow_call_seconds"]
+        if slow_calls_problem(window, slow):
             problems.append(
                 (
                     f"{ResilienceKeys.BREAKERS}[{name!r}].slow_call_seconds",
@@ -375,6 +385,12 @@ def cross_checks(settings: Any) -> list[tuple[str, Any, str]]:
                     SLOW_CALLS_NEED_A_RATE_WINDOW,
                 ),
             )
+    return problems
+
+
+def _redis_storage_rule(settings: Any) -> list[tuple[str, Any, str]]:
+    """Redis breaker storage needs a usable Redis URL and the redis package."""
+    problems: list[tuple[str, Any, str]] = []
     if not uses_breaker_redis(settings):
         return problems
     key = ResilienceKeys.BREAKER_STORAGE
@@ -409,3 +425,12 @@ def cross_checks(settings: Any) -> list[tuple[str, Any, str]]:
             )
         )
     return problems
+
+
+#: Rules between breaker keys (skipped by ``load_settings`` when a key they read failed to
+#: parse).
+CROSS_RULES: tuple[CrossRule, ...] = (
+    _slow_calls_rule,
+    _breakers_slow_calls_rule,
+    _redis_storage_rule,
+)

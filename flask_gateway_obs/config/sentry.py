@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .parsers import (
+    MAX_SECONDS,
+    NOT_SHOWN,
     PREFIX,
+    CrossRule,
+    Parser,
+    _between,
     _bool,
     _callable_or_import,
     _choice,
@@ -78,6 +85,30 @@ def _checked_dsn(value: Any) -> str:
     return dsn
 
 
+#: The numeric ``sentry_sdk.init`` options users may set, with their bounds: option ->
+#: (parser, accepts). The sample rates and the shutdown timeout are keys of their own.
+_SENTRY_NUMBERS: dict[str, tuple[Parser, str]] = {
+    # Sentry keeps at most 100 breadcrumbs of an event; more only cost memory per scope
+    "max_breadcrumbs": (_int(0, 100), "an integer from 0 to 100 (Sentry keeps at most 100)"),
+    "max_stack_frames": (_int(1, 1_000), "an integer from 1 to 1000"),
+    "max_value_length": (_int(1, 1_000_000), "an integer from 1 to 1000000"),
+    "profiles_sample_rate": (_fraction, "a number from 0 to 1"),
+    "profile_session_sample_rate": (_fraction, "a number from 0 to 1"),
+    "db_query_source_threshold_ms": (
+        _between(0, MAX_SECONDS * 1000),
+        f"a number of milliseconds from 0 to {MAX_SECONDS * 1000:.0f}",
+    ),
+    "http_request_source_threshold_ms": (
+        _between(0, MAX_SECONDS * 1000),
+        f"a number of milliseconds from 0 to {MAX_SECONDS * 1000:.0f}",
+    ),
+}
+SENTRY_OPTIONS_ACCEPTS = (
+    "a dict (or JSON object) of further sentry_sdk.init options, not those set here; "
+    "numbers finite, max_breadcrumbs from 0 to 100, sample rates from 0 to 1"
+)
+
+
 def _sentry_options(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         try:
@@ -90,27 +121,61 @@ def _sentry_options(value: Any) -> dict[str, Any]:
         from sentry_sdk.consts import DEFAULT_OPTIONS
     except ImportError:  # pragma: no cover - sentry-sdk is a dependency
         raise _Invalid from None
-    if any(k in _SENTRY_MANAGED or k not in DEFAULT_OPTIONS for k in value):
-        raise _Invalid
-    problems = [
-        (f"{SentryKeys.SENTRY_OPTIONS}[{name!r}]", item, accepts)
-        for name, item in value.items()
-        if (accepts := _option_problem(name, item, DEFAULT_OPTIONS[name])) is not None
-    ]
+    refused = _refused_options(value, DEFAULT_OPTIONS)
+    if refused:
+        # names only: the value of a mistyped option may be a secret
+        raise _Problems([(SentryKeys.SENTRY_OPTIONS, NOT_SHOWN, refused)])
+    options: dict[str, Any] = {}
+    problems: list[tuple[str, Any, str]] = []
+    for name, item in value.items():
+        spec = _SENTRY_NUMBERS.get(name)
+        accepts: str | None = None
+        if spec is None:
+            accepts = _option_problem(name, item, DEFAULT_OPTIONS[name])
+            options[name] = item
+        else:
+            try:
+                options[name] = spec[0](item)
+            except _Invalid:
+                accepts = spec[1]
+        if accepts is not None:
+            problems.append((f"{SentryKeys.SENTRY_OPTIONS}[{name!r}]", item, accepts))
     if problems:
         raise _Problems(problems)
-    return dict(value)
+    return options
+
+
+def _refused_options(value: Mapping[str, Any], known: Mapping[str, Any]) -> str | None:
+    """What ``GATEWAY_OBS_SENTRY_OPTIONS`` accepts, naming the options it refuses: those
+    the extension sets from keys of its own and those sentry_sdk.init does not know."""
+    managed = [name for name in value if name in _SENTRY_MANAGED]
+    unknown = [name for name in value if name not in _SENTRY_MANAGED and name not in known]
+    if not managed and not unknown:
+        return None
+    parts = []
+    if managed:
+        names = ", ".join(map(repr, managed))
+        parts.append(f"{names} set by the GATEWAY_OBS_SENTRY_* keys instead")
+    choices = [k for k in known if k not in _SENTRY_MANAGED]
+    for name in unknown:
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f", did you mean {close[0]}?" if close else ""
+        parts.append(f"{name!r} is no sentry_sdk.init option{hint}")
+    return f"further sentry_sdk.init options, not those set here ({'; '.join(parts)})"
 
 
 def _option_problem(name: str, value: Any, default: Any) -> str | None:
     """What option ``name`` accepts if ``value`` is not of the type of its default
-    (``None`` when it fits; options without a default are left to sentry-sdk)."""
+    (``None`` when it fits; options without a default are left to sentry-sdk, but for
+    numbers, which are finite)."""
     if name == "integrations":
         from sentry_sdk.integrations import Integration
 
         if isinstance(value, (list, tuple)) and all(isinstance(i, Integration) for i in value):
             return None
         return "a list of sentry_sdk Integration objects"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
     if default is None:
         return None
     if isinstance(default, bool):
@@ -247,7 +312,7 @@ class SentrySettings:
         "SENTRY_OPTIONS",
         None,
         _optional(_sentry_options),
-        "a dict (or JSON object) of further sentry_sdk.init options, not those set here",
+        SENTRY_OPTIONS_ACCEPTS,
         "passed to ``sentry_sdk.init`` (``integrations`` are added to ours)",
     )
     sentry_repeat_interval: float = _setting(
@@ -291,9 +356,9 @@ class SentryKeys:
     SENTRY_TRACES_FOLLOW_PARENT = PREFIX + "SENTRY_TRACES_FOLLOW_PARENT"
 
 
-def cross_checks(settings: SentrySettings) -> list[tuple[str, Any, str]]:
-    """Rules beyond one key: the ``SENTRY_DSN`` environment variable, the fallback of an
-    unset ``GATEWAY_OBS_SENTRY_DSN``, must be a DSN too."""
+def _environment_dsn_rule(settings: SentrySettings) -> list[tuple[str, Any, str]]:
+    """The ``SENTRY_DSN`` environment variable, the fallback of an unset
+    ``GATEWAY_OBS_SENTRY_DSN``, must be a DSN too."""
     if settings.sentry_dsn is not None:
         return []
     dsn = os.environ.get("SENTRY_DSN", "").strip()
@@ -304,3 +369,7 @@ def cross_checks(settings: SentrySettings) -> list[tuple[str, Any, str]]:
     except _Invalid:
         return [("SENTRY_DSN (environment)", dsn, "a Sentry DSN (https://key@host/project-id)")]
     return []
+
+
+#: Rules beyond one key (skipped by ``load_settings`` when a key they read failed to parse).
+CROSS_RULES: tuple[CrossRule, ...] = (_environment_dsn_rule,)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
-from .parsers import PREFIX, _between, _optional, _positive_float, _setting
+from .parsers import PREFIX, CrossRule, _between, _optional, _positive_float, _setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def latency_problem(settings: _Objectives) -> tuple[str, Any, str] | None:
     )
 
 
-def cross_checks(settings: _Objectives) -> list[tuple[str, Any, str]]:
+def _latency_rule(settings: _Objectives) -> list[tuple[str, Any, str]]:
     """A latency objective that is set must be a bucket bound. Unset, its default is only
     required to be one by ``flask obs rules``: buckets without 0.5 stay valid for apps
     that never generate rules."""
@@ -82,3 +82,7 @@ def cross_checks(settings: _Objectives) -> list[tuple[str, Any, str]]:
         return []
     problem = latency_problem(settings)
     return [problem] if problem else []
+
+
+#: Rules between keys (skipped by ``load_settings`` when a key they read failed to parse).
+CROSS_RULES: tuple[CrossRule, ...] = (_latency_rule,)

@@ -196,3 +196,82 @@ def test_environment_variables_that_reached_app_config_are_not_warned_about(
     with capture_logs("flask_gateway_obs") as logs:
         GatewayObs(app)
     assert [r for r in logs.records if r["level"] == "warning"] == []
+
+
+SECRET = "s3cr3t-abcdef"
+
+
+@pytest.mark.parametrize(
+    ("mistyped", "meant"),
+    [
+        ("GATEWAY_OBS_METRICS_TOKN", Keys.METRICS_TOKEN),
+        ("GATEWAY_OBS_HEALTH_TOKNE", Keys.HEALTH_TOKEN),
+        ("GATEWAY_OBS_SENTRY_DNS", Keys.SENTRY_DSN),
+    ],
+)
+def test_a_mistyped_key_never_shows_its_value(mistyped: str, meant: str) -> None:
+    """A key that names no setting is reported with a suggestion, its value (maybe the
+    secret of the key it was meant to be) never shown."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({mistyped: SECRET}, {})
+    message = str(caught.value)
+    assert SECRET not in message and all(SECRET not in repr(p) for p in caught.value.problems)
+    assert f"{mistyped}: got a value (not shown)" in message
+    assert f"did you mean {meant}?" in message
+
+
+def test_init_app_never_shows_the_value_of_a_mistyped_key(make_app) -> None:
+    """The same through GatewayObs(app)."""
+    app = make_app({"GATEWAY_OBS_METRICS_TOKN": SECRET}, init=False)
+    with pytest.raises(ConfigError, match="did you mean GATEWAY_OBS_METRICS_TOKEN") as caught:
+        GatewayObs(app)
+    assert SECRET not in str(caught.value)
+
+
+def test_a_mistyped_option_never_shows_its_value() -> None:
+    """An unknown option of GATEWAY_OBS_BREAKERS or GATEWAY_OBS_SENTRY_OPTIONS is named,
+    with a suggestion where there is one, and its value never shown."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                Keys.BREAKERS: {"payments": {"api_pasword": SECRET}},
+                Keys.SENTRY_OPTIONS: {"max_breadcrumb": SECRET, "http_proxy_pasword": SECRET},
+            },
+            {},
+        )
+    message = str(caught.value)
+    assert SECRET not in message
+    assert "GATEWAY_OBS_BREAKERS['payments'].api_pasword: got a value (not shown)" in message
+    assert "'max_breadcrumb' is no sentry_sdk.init option, did you mean max_breadcrumbs?" in (
+        message
+    )
+
+
+def test_text_keys_from_the_environment_keep_their_text(make_app, monkeypatch) -> None:
+    """Text that from_prefixed_env() JSON-decodes into a number or a boolean is taken as
+    written; null is no value, as Flask documents it (the key unset)."""
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_SERVICE_VERSION", "1.10")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_METRICS_TOKEN", "1e5")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_HEALTH_TOKEN", "null")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_SENTRY_RELEASE", "true")
+    app = make_app(init=False)
+    app.config.from_prefixed_env()
+    GatewayObs(app)
+    settings = app.extensions["gateway_obs"].settings
+    assert settings.service_version == "1.10"
+    assert settings.metrics_token == "1e5"
+    assert settings.health_token is None
+    assert settings.sentry_release == "true"
+
+
+def test_a_text_key_set_in_code_is_not_taken_from_the_environment(make_app, monkeypatch) -> None:
+    """A value set in code that is not what the environment's text decodes to stays."""
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_SERVICE_VERSION", "1.10")
+    monkeypatch.setenv("FLASK_GATEWAY_OBS_HEALTH_TOKEN", "null")
+    app = make_app(init=False)
+    app.config.from_prefixed_env()
+    app.config[Keys.SERVICE_VERSION] = 2.5
+    app.config[Keys.HEALTH_TOKEN] = "from-code"
+    GatewayObs(app)
+    settings = app.extensions["gateway_obs"].settings
+    assert (settings.service_version, settings.health_token) == ("2.5", "from-code")

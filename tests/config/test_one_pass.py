@@ -6,7 +6,7 @@ import pytest
 from flask import Flask
 
 from flask_gateway_obs import ConfigError, GatewayObs
-from flask_gateway_obs.config import Keys, load_settings
+from flask_gateway_obs.config import Keys, all_keys, load_settings
 
 HUGE = "9" * 400
 
@@ -102,3 +102,76 @@ def test_a_keyword_dsn_password_is_never_echoed() -> None:
         load_settings({Keys.DATABASE_URL: "host=db user=app password=PW-canary-7"}, {})
     message = str(caught.value)
     assert Keys.DATABASE_URL in message and "PW-canary-7" not in message
+
+
+@pytest.mark.parametrize(
+    ("config", "bad"),
+    [
+        # the default /health of a bad HEALTH_PATH is no clash the user made
+        ({Keys.HEALTH_PATH: "/status?x", Keys.METRICS_PATH: "/health"}, {Keys.HEALTH_PATH}),
+        # nor are the default buckets of bad METRICS_BUCKETS the user's buckets
+        (
+            {Keys.METRICS_BUCKETS: "bad", Keys.SLO_LATENCY_SECONDS: 0.3},
+            {Keys.METRICS_BUCKETS},
+        ),
+        # a bad REDIS_URL is no missing one
+        ({Keys.BREAKER_STORAGE: "redis", Keys.REDIS_URL: "http://cache"}, {Keys.REDIS_URL}),
+        # nor is the default probe interval of a bad one below the user's timeout
+        (
+            {Keys.RATELIMIT_PROBE_INTERVAL: 0, Keys.RATELIMIT_STORAGE_TIMEOUT: 40},
+            {Keys.RATELIMIT_PROBE_INTERVAL},
+        ),
+    ],
+)
+def test_a_cross_key_rule_that_reads_a_bad_key_is_skipped(
+    config: dict[str, object], bad: set[str]
+) -> None:
+    """A key that fails to parse is the one problem; no rule judges its default instead."""
+    assert set(problems_of(config)) == bad
+
+
+def test_cross_key_rules_on_good_keys_still_run_beside_a_bad_key() -> None:
+    """A rule that reads no bad key still reports, in the same error."""
+    problems = problems_of(
+        {
+            Keys.METRICS_BUCKETS: "bad",
+            Keys.HEALTH_SHOW_DETAILS: "when_authorized",
+            Keys.HEALTH_LIVE_PATH: "/metrics",
+        }
+    )
+    assert set(problems) == {Keys.METRICS_BUCKETS, Keys.HEALTH_TOKEN, Keys.METRICS_PATH}
+
+
+@pytest.mark.parametrize("key", [Keys.METRICS_BUCKETS, Keys.METRICS_DEPENDENCY_BUCKETS])
+def test_buckets_have_an_upper_bound_on_their_count(key: str) -> None:
+    """At most 64 bucket bounds (each is a sample per label set in every scrape)."""
+    many = [i / 100 for i in range(1, 20_001)]
+    assert "1 to 64" in problems_of({key: many})[key]
+    assert key in problems_of({key: ",".join(map(str, many[:65]))})
+    field = all_keys()[key].name
+    assert len(getattr(load_settings({key: many[:64]}, {}), field)) == 64
+
+
+def test_a_huge_bad_value_is_shown_shortened() -> None:
+    """An error shows at most the start of a very long value."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({Keys.METRICS_BUCKETS: list(range(1, 20_001))}, {})
+    assert len(str(caught.value)) < 1_000
+
+
+def test_a_breaker_with_its_own_window_is_checked_beside_a_bad_shared_window() -> None:
+    """A rule reads only what it needs: a breaker's own window does not read the bad
+    GATEWAY_OBS_BREAKER_WINDOW, so its slow calls are still judged; one that would use
+    the shared window is not."""
+    own = f"{Keys.BREAKERS}['own'].slow_call_seconds"
+    problems = problems_of(
+        {
+            Keys.BREAKER_WINDOW: "count:0",
+            Keys.BREAKERS: {"own": {"window": "consecutive", "slow_call_seconds": 1}},
+        }
+    )
+    assert set(problems) == {Keys.BREAKER_WINDOW, own}
+    problems = problems_of(
+        {Keys.BREAKER_WINDOW: "count:0", Keys.BREAKERS: {"shared": {"slow_call_seconds": 1}}}
+    )
+    assert set(problems) == {Keys.BREAKER_WINDOW}
