@@ -2,8 +2,9 @@
 
 Each endpoint runs its group's checks through the app's runner and renders the report;
 while the app drains (``state.draining``, see :mod:`flask_gateway_obs.core.drain`),
-readiness and ``/health`` answer unhealthy (503) at once without running a check, and
-liveness answers as always.
+readiness and ``/health`` answer unhealthy at once without running a check, always with
+503 whatever ``GATEWAY_OBS_HEALTH_HTTP_STATUS_UNHEALTHY`` says (the status that takes a
+draining worker out of rotation is not a matter of taste), and liveness answers as always.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from .runner import runner_of
 if TYPE_CHECKING:
     from ..core.state import ObsState
 
-__all__ = ["HealthEndpoint", "register"]
+__all__ = ["DRAINING_HTTP_STATUS", "HealthEndpoint", "register"]
+
+#: The status of readiness and ``/health`` while the app drains, whatever the configured
+#: status of an unhealthy report: a load balancer must stop sending traffic.
+DRAINING_HTTP_STATUS = 503
 
 
 class HealthEndpoint:
@@ -43,12 +48,14 @@ class HealthEndpoint:
         runner = runner_of(self.state)
         if self.state.draining and self.group != LIVE:
             report = runner.draining_report(self.group)
+            status = DRAINING_HTTP_STATUS
         else:
             report = runner.run(self.group)
+            status = self.status_codes[report.status]
         body = report.to_dict(details=self.show_details())
         return Response(
             json.dumps(body, default=str),
-            status=self.status_codes[report.status],
+            status=status,
             mimetype="application/json",
             headers={"Cache-Control": "no-store"},
         )

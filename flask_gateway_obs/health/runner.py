@@ -379,9 +379,12 @@ def _call(check: HealthCheck) -> CheckOutcome:
             status, reason, details = result.status, result.reason, result.details
         else:
             status, reason = UNHEALTHY, f"check returned {type(result).__name__}"
-    except Exception as exc:
+    except BaseException as exc:
+        # Checks run on pool threads only, where a KeyboardInterrupt or SystemExit can only
+        # come from the check itself (signals go to the main thread): like any raise, it
+        # makes the check unhealthy, and must not pass for a timeout or end the worker.
         status, reason = UNHEALTHY, type(exc).__name__
-        error = mask_secrets(str(exc))[:MAX_ERROR_TEXT] or None
+        error = _error_text(exc)
     elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
     if check.target:
         details = {**check.target, **details}
@@ -395,6 +398,15 @@ def _call(check: HealthCheck) -> CheckOutcome:
         error,
         mask_details(details),
     )
+
+
+def _error_text(exc: BaseException) -> str | None:
+    """The masked, bounded text of ``exc``; ``None`` if it has none or its ``__str__`` fails."""
+    try:
+        text = str(exc)
+    except BaseException:  # an exception's own __str__ may raise anything
+        return None
+    return mask_secrets(text)[:MAX_ERROR_TEXT] or None
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -69,6 +69,12 @@ class Spec:
 
 SERVER_ERRORS = s("http_requests_total", 'status=~"5.."')
 BREAKER_STATES = {"0": ("closed", "green"), "1": ("open", "red"), "2": ("half-open", "yellow")}
+#: Per breaker, the worst state of any instance: open (1) over half-open (2) over closed (0).
+#: The codes do not sort by severity, so ``max`` would show half-open; each ``or`` adds only
+#: the breakers that the terms before it left out, and the values stay the state codes.
+WORST_BREAKER_STATE = " or ".join(
+    f"max by (breaker) ({s('circuit_breaker_state')}{match})" for match in (" == 1", " == 2", "")
+)
 HEALTH_STATES = {
     "1": ("healthy", "green"),
     "0.5": ("degraded", "yellow"),
@@ -197,8 +203,9 @@ PANELS: tuple[tuple[str, tuple[Spec, ...]], ...] = (
             Spec(
                 "Circuit breaker state",
                 "Each breaker over time (`circuit_breaker_state`): closed, open (calls fail "
-                "fast with 503) or half-open (probing). The worst instance is shown.",
-                ((f"max by (breaker) ({s('circuit_breaker_state')})", "{{breaker}}"),),
+                "fast with 503) or half-open (probing). The worst instance is shown: open over "
+                "half-open over closed.",
+                ((WORST_BREAKER_STATE, "{{breaker}}"),),
                 states=BREAKER_STATES,
             ),
             Spec(

@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client.utils import floatToGoString
@@ -213,10 +214,11 @@ class _Builder:
 
     def alerts(self) -> Iterable[dict[str, Any]]:
         o = self.o
-        budget = 1.0 - o.availability
+        # In decimal: 1 - 0.99999 in binary floats is 1.0000000000065512e-05.
+        budget = 1 - _decimal(o.availability)
         ratio = self.record_name("job", "http_requests_5xx", "ratio_rate")
         for burn, long, short, wait, severity in BURN_RATE_ALERTS:
-            threshold = _number(burn * budget)
+            threshold = _number(_decimal(burn) * budget)
             yield self.alert(
                 "GatewayObsErrorBudgetBurn",
                 f"{ratio}{long} > {threshold}\nand\n{ratio}{short} > {threshold}",
@@ -228,7 +230,8 @@ class _Builder:
                 f"{_percent(o.availability)} allows {_percent(budget)}.",
             )
         slow = self.record_name("job", "http_requests_slow", "ratio_rate")
-        allowed = _number(1.0 - o.latency_target)
+        latency_budget = 1 - _decimal(o.latency_target)
+        allowed = _number(latency_budget)
         seconds = _go_float(o.latency_seconds)
         yield self.alert(
             "GatewayObsLatencySLO",
@@ -237,7 +240,7 @@ class _Builder:
             "warning",
             f"{{{{ $labels.job }}}} misses its latency objective ({seconds} s)",
             f"{{{{ $value | humanizePercentage }}}} of requests took longer than {seconds} s "
-            f"over the last hour; the objective allows {_percent(1.0 - o.latency_target)}.",
+            f"over the last hour; the objective allows {_percent(latency_budget)}.",
         )
         yield self.alert(
             "GatewayObsCircuitBreakerOpen",
@@ -330,14 +333,20 @@ def _quote(text: str) -> str:
     return json.dumps(text)
 
 
-def _number(value: float) -> str:
+def _decimal(value: float | Decimal) -> Decimal:
+    """``value`` as the decimal its text says (``0.99999``, not the binary float's expansion),
+    so that objectives subtract and multiply without float noise."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _number(value: float | Decimal) -> str:
     """A threshold as PromQL reads it, without float noise (``0.0144``, not
-    ``0.014400000000000013``)."""
-    return f"{value:.12g}"
+    ``0.014400000000000013``; ``6e-05``, not ``5.99999999997e-05``)."""
+    return f"{float(_decimal(value)):.12g}"
 
 
-def _percent(value: float) -> str:
-    return f"{value * 100:.12g} %"
+def _percent(value: float | Decimal) -> str:
+    return _number(_decimal(value) * 100) + " %"
 
 
 # --- YAML ---------------------------------------------------------------------------

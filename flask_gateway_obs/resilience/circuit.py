@@ -17,8 +17,9 @@ recorded through pybreaker's public state API, and the function runs outside any
    after the state changed meanwhile is stale and left out.
 
 Every transition reaches a pybreaker listener that logs it and sets
-``circuit_breaker_state``; every call that reached the dependency is timed into
-``dependency_latency_seconds``.
+``circuit_breaker_state`` (and, for rate windows, ``circuit_breaker_failure_rate``, which
+each call of the closed breaker also sets); every call that reached the dependency is
+timed into ``dependency_latency_seconds``.
 """
 
 from __future__ import annotations
@@ -388,12 +389,8 @@ class CircuitBreaker(CallForms):
                     self._cb.close()
                 return False
             opens = rates.record(failed, slow, now)
-            if rates.rate != self._reported_rate:
-                self._reported_rate = rates.rate
-                try:  # noqa: SIM105
-                    self._owner.recorder.breaker_failure_rate(self.name, rates.rate)
-                except Exception:  # instrumentation never breaks a call
-                    pass
+            if rates.rate != self._reported_rate:  # checked inline: this runs on every call
+                self._report_rate(rates.rate)
             if opens:
                 self._cb.open()
                 return failed
@@ -412,6 +409,16 @@ class CircuitBreaker(CallForms):
 
     # --- listener side ----------------------------------------------------------------------------
 
+    def _report_rate(self, rate: float) -> None:
+        """Set ``circuit_breaker_failure_rate`` if ``rate`` is news (under ``self._lock``)."""
+        if rate == self._reported_rate:
+            return
+        self._reported_rate = rate
+        try:  # noqa: SIM105
+            self._owner.recorder.breaker_failure_rate(self.name, rate)
+        except Exception:  # instrumentation never breaks a call
+            pass
+
     def _report_state(self, state: str) -> None:
         try:  # noqa: SIM105
             self._owner.recorder.breaker_state(self.name, STATE_CODES.get(state, 0))
@@ -427,6 +434,11 @@ class CircuitBreaker(CallForms):
                 self._rates.half_opened()
         elif new == CLOSED and self._rates is not None:
             self._rates.closed()
+        if self._rates is not None:
+            # The gauge follows the window at every transition too, not only at the next
+            # closed-state call: a close empties it, and a time: window forgets old seconds.
+            with self._lock:
+                self._report_rate(self._rates.failure_rate(self._timer()))
         try:
             fields = {
                 "breaker": self.name,

@@ -238,6 +238,22 @@ def test_http_status_mapping_is_configurable(make_app: MakeApp) -> None:
     assert client.get("/health").status_code == 500
 
 
+@pytest.mark.parametrize("unhealthy", [200, 500])
+def test_draining_answers_503_whatever_the_configured_unhealthy_status(
+    make_app: MakeApp, unhealthy: int
+) -> None:
+    """While draining, /health/ready and /health answer 503 even when unhealthy is mapped to
+    another status; /health/live keeps answering 200."""
+    app, obs = build(make_app, {**QUIET, Keys.HEALTH_HTTP_STATUS_UNHEALTHY: unhealthy})
+    client = app.test_client()
+    obs.begin_drain()
+    for path in ("/health/ready", "/health"):
+        response = client.get(path)
+        body = response.get_json()
+        assert (response.status_code, body["status"], body["draining"]) == (503, UNHEALTHY, True)
+    assert client.get("/health/live").status_code == 200
+
+
 # --- endpoints -----------------------------------------------------------------------------------
 
 

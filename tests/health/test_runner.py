@@ -381,6 +381,46 @@ def test_what_a_check_returns_decides_its_status(make_app: MakeApp) -> None:
     assert outcomes["async"].details == {"depth": 3}
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+class _Custom(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [KeyboardInterrupt(), SystemExit(3), GeneratorExit(), _Custom("x"), _Unprintable()],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_a_check_raising_anything_is_unhealthy_with_its_class_not_a_timeout(
+    make_app: MakeApp, exc: BaseException
+) -> None:
+    """A BaseException that is not an Exception, or one whose __str__ raises, makes the check
+    unhealthy with its class as the reason and its real time; the process lives on."""
+    _app, obs = build(make_app, {**QUIET, Keys.HEALTH_SHOW_DETAILS: "always"})
+
+    def raises() -> None:
+        raise exc
+
+    obs.health_check("raises", timeout=5.0)(raises)
+    obs.health_check("ok")(lambda: None)
+    started = time.monotonic()
+    report = obs.check_health()
+    assert time.monotonic() - started < 5.0 * MARGIN
+    outcome = report.checks["raises"]
+    assert (outcome.status, outcome.reason) == (UNHEALTHY, type(exc).__name__)
+    assert outcome.response_time_ms < 5000.0 * MARGIN
+    assert report.checks["ok"].status == HEALTHY
+    body = report.to_dict(details=True)["checks"]["raises"]
+    assert body["reason"] == type(exc).__name__
+    if isinstance(exc, _Unprintable):
+        assert outcome.error is None
+    assert obs.check_health(fresh=True).checks["raises"].reason == type(exc).__name__
+
+
 # --- API, logs, fork ------------------------------------------------------------------------------
 
 

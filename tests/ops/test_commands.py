@@ -58,6 +58,38 @@ def test_rules_command_prints_the_rules_for_the_app(make_app: MakeApp, tmp_path:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_rules_command_prints_thresholds_without_float_noise(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    """At the highest availability objective (0.99999) and latency target the thresholds
+    and the budget print as their decimals (0.000144, 6e-05, 0.001 %), which promtool accepts."""
+    app = make_app({Keys.SLO_AVAILABILITY: 0.99999, Keys.SLO_LATENCY_TARGET: "0.99999"})
+    code, output = invoke(app, "rules")
+    assert code == 0, output
+    alerts = [r for g in yaml.safe_load(output)["groups"] for r in g["rules"] if "alert" in r]
+    rules = {(r["alert"], r["labels"]["severity"]): r for r in alerts}
+    critical = rules["GatewayObsErrorBudgetBurn", "critical"]
+    warning = rules["GatewayObsErrorBudgetBurn", "warning"]
+    latency = rules["GatewayObsLatencySLO", "warning"]
+    ratio = "job:http_requests_5xx:ratio_rate"
+    assert critical["expr"] == f"{ratio}1h > 0.000144\nand\n{ratio}5m > 0.000144"
+    assert warning["expr"] == f"{ratio}6h > 6e-05\nand\n{ratio}30m > 6e-05"
+    assert latency["expr"].endswith("ratio_rate5m > 1e-05")
+    for rule in (critical, warning):
+        assert "objective of 99.999 % allows 0.001 %." in rule["annotations"]["description"]
+    assert "the objective allows 0.001 %." in latency["annotations"]["description"]
+    assert "99999999" not in output and "00000000" not in output
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool is not installed (Debian package prometheus)")
+        return
+    (tmp_path / "rules.yml").write_text(output)
+    done = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_rules_command_defaults(make_app: MakeApp) -> None:
     """Without options: no job selector, 0.999 availability, 0.5 s for 99 % of requests."""
     code, output = invoke(make_app(), "rules")

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from flask_gateway_obs.ops import dashboard as ops_dashboard
 from flask_gateway_obs.ops.names import FAMILIES, sample_names
@@ -129,6 +132,67 @@ def test_bad_dashboard_options_are_refused(options: dict[str, Any]) -> None:
 def test_dashboard_json_is_deterministic() -> None:
     """The same options print the same JSON."""
     assert ops_dashboard.dashboard_json(job="x") == ops_dashboard.dashboard_json(job="x")
+
+
+@pytest.mark.parametrize("namespace", [None, "gw"])
+def test_breaker_state_panel_shows_the_worst_instance(
+    tmp_path: Path, namespace: str | None
+) -> None:
+    """Per breaker the panel reads open when any instance is open, else half-open when any
+    is, else closed: the state codes (0, 1, 2) stay what its value mappings name."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool is not installed (Debian package prometheus)")
+        raise AssertionError  # unreachable
+    board = ops_dashboard.render_dashboard(namespace=namespace, job="gateway")
+    (expr,) = [e for t, e in ops_dashboard.panel_queries(board) if t == "Circuit breaker state"]
+    name = f"{namespace}_circuit_breaker_state" if namespace else "circuit_breaker_state"
+    instances = {"open-and-half-open": (1, 2), "half-open-and-closed": (2, 0), "closed": (0, 0)}
+    series = [
+        {"series": f'{name}{{job="gateway", instance="{i}", breaker="{b}"}}', "values": f"{v}x5"}
+        for b, values in instances.items()
+        for i, v in zip(("a:1", "b:1"), values, strict=True)
+    ]
+    series.append(  # another job is left out
+        {"series": f'{name}{{job="other", instance="c:1", breaker="closed"}}', "values": "1x5"}
+    )
+    expected = {"open-and-half-open": 1, "half-open-and-closed": 2, "closed": 0}
+    test = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": expr.replace('"$instance"', '".+"'),
+                        "eval_time": "2m",
+                        "exp_samples": [
+                            {"labels": f'{{breaker="{b}"}}', "value": v}
+                            for b, v in expected.items()
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "panel.test.yml").write_text(yaml.safe_dump(test))
+    done = subprocess.run(
+        [promtool, "test", "rules", "panel.test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (panel,) = [p for p in board["panels"] if p.get("title") == "Circuit breaker state"]
+    mapped = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert {k: m["text"] for k, m in mapped.items()} == {
+        "0": "closed",
+        "1": "open",
+        "2": "half-open",
+    }
 
 
 def test_readme_describes_every_panel() -> None:

@@ -228,6 +228,46 @@ def test_outcomes_and_the_failure_rate_are_metrics(app: Flask, clock: Clock) -> 
     assert metric_value(app, "circuit_breaker_failure_rate", breaker="payments") == 0.5
 
 
+def test_failure_rate_gauge_reads_zero_once_the_breaker_closes(
+    make_app: MakeApp, clock: Clock
+) -> None:
+    """A close (by hand, or by the half-open trials) empties the window: the gauge says 0
+    at once, as cb.failure_rate does, without waiting for another call."""
+    app = make_app({Keys.BREAKERS: {"p": {"window": "count:4", "min_calls": 4}}})
+    cb = make_breaker(app, "p", clock=clock)
+
+    def gauge() -> float:
+        return metric_value(app, "circuit_breaker_failure_rate", breaker="p")
+
+    calls(cb, "ffff")
+    assert (cb.state, gauge()) == ("open", 1.0)
+    cb.close()
+    assert (cb.state, cb.failure_rate, gauge()) == ("closed", 0.0, 0.0)
+
+    calls(cb, "ffff")
+    assert (cb.state, gauge()) == ("open", 1.0)
+    clock.advance(cb.settings.reset_timeout)
+    calls(cb, "s")  # the one trial call succeeds: closed
+    assert (cb.state, cb.failure_rate, gauge()) == ("closed", 0.0, 0.0)
+
+
+def test_failure_rate_gauge_of_a_time_window_follows_it_at_each_transition(
+    make_app: MakeApp, clock: Clock
+) -> None:
+    """When a time: window forgets its failures, the gauge says so at the next transition
+    (here the half-open one), not only at the next call of the closed breaker."""
+    app = make_app(
+        {Keys.BREAKERS: {"p": {"window": "time:10", "min_calls": 4, "reset_timeout": 30}}}
+    )
+    cb = make_breaker(app, "p", clock=clock)
+    calls(cb, "ffff")
+    assert metric_value(app, "circuit_breaker_failure_rate", breaker="p") == 1.0
+    clock.advance(30)
+    cb.half_open()
+    assert cb.failure_rate == 0.0
+    assert metric_value(app, "circuit_breaker_failure_rate", breaker="p") == 0.0
+
+
 def test_windows_from_config_per_breaker_and_as_options(make_app: MakeApp) -> None:
     """GATEWAY_OBS_BREAKER_WINDOW and friends, GATEWAY_OBS_BREAKERS[name], keyword options."""
     app = make_app(
