@@ -267,10 +267,10 @@ class EcsFormatter(JsonFormatter):
 
 def severity_number(levelno: int) -> int:
     """The OpenTelemetry severity number of a logging level (DEBUG 5, INFO 9, WARNING 13,
-    ERROR 17, CRITICAL 21; the levels between take the next steps, as OpenTelemetry's
-    own logging handler maps them)."""
+    ERROR 17, CRITICAL 21; the levels between take the next steps; below DEBUG 0,
+    unspecified), as OpenTelemetry's own logging handler maps them."""
     if levelno < logging.DEBUG:
-        return 1  # TRACE
+        return 0  # UNSPECIFIED
     if levelno >= logging.CRITICAL:
         return 21 + min(levelno - logging.CRITICAL, 3)
     return 5 + 4 * (levelno // 10 - 1) + min(levelno % 10, 3)

@@ -228,11 +228,18 @@ def test_otel_exception_attributes() -> None:
 
 @pytest.mark.parametrize(
     ("level", "number"),
-    [(5, 1), (10, 5), (15, 8), (20, 9), (21, 10), (30, 13), (40, 17), (50, 21), (60, 24)],
+    [(5, 0), (10, 5), (15, 8), (20, 9), (21, 10), (30, 13), (40, 17), (50, 21), (60, 24)],
 )
 def test_otel_severity_numbers(level: int, number: int) -> None:
     """Logging levels map onto OpenTelemetry's severity numbers (DEBUG 5 ... FATAL 21)."""
     assert severity_number(level) == number
+
+
+def test_otel_severity_numbers_are_those_of_opentelemetrys_logging_handler() -> None:
+    """Every level from 0 to 60 gets the number OpenTelemetry's SDK gives it."""
+    from opentelemetry.sdk._logs._internal import std_to_otel
+
+    assert [severity_number(n) for n in range(61)] == [std_to_otel(n).value for n in range(61)]
 
 
 # --- every schema ---------------------------------------------------------------------
