@@ -101,6 +101,27 @@ current_request: contextvars.ContextVar[RequestContext | None] = contextvars.Con
 )
 
 
+#: The process registry (:func:`flask_gateway_obs.core.process.registry`) where the tracing
+#: concern, while on, puts a callable giving the current span's ``(trace_id, span_id)`` in
+#: hex, or ``None`` outside any span: what log lines written outside a request (a job in
+#: a span of its own) are correlated with.
+SPAN_IDS = "tracing.span_ids"
+
+
+def span_ids_outside_a_request() -> tuple[str, str] | None:
+    """The current span's IDs for a line written outside a request, when tracing is on."""
+    from . import process
+
+    source = process.lookup(SPAN_IDS)
+    if source is None:
+        return None
+    try:
+        ids: tuple[str, str] | None = source()
+    except Exception:  # correlation never breaks a log line
+        return None
+    return ids
+
+
 def get_request_id() -> str | None:
     """The current request's ID, or ``None`` outside a request."""
     ctx = current_request.get()

@@ -91,6 +91,11 @@ class Tracer:
         """Mark the current span (the client span inside ``track_dependency``): the open
         breaker ``breaker`` refused the call, nothing was sent."""
 
+    def failed(self, error_type: str) -> None:
+        """Mark the current span (the client span inside ``track_dependency``) failed
+        though nothing was raised (``mark_failed``: an upstream 5xx): ``error.type`` and
+        status ERROR."""
+
     def inject(self, carrier: MutableMapping[str, str]) -> bool:
         """Put the current span's context into ``carrier`` (outgoing headers) through the
         configured propagators; ``False`` when tracing is off (nothing was put)."""

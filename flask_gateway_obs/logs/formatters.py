@@ -13,7 +13,12 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from ..core.context import RequestContext, current_request, get_request_id
+from ..core.context import (
+    RequestContext,
+    current_request,
+    get_request_id,
+    span_ids_outside_a_request,
+)
 from .loggers import _RESERVED, ACCESS_LOGGER_NAME
 from .redaction import (
     REDACTED,
@@ -235,10 +240,15 @@ class JsonFormatter(logging.Formatter):
         }
         redactor = self.redactor
         access = record.name == ACCESS_LOGGER_NAME
-        if ctx is not None and ctx.trace_id is not None:
-            payload["trace_id"] = ctx.trace_id
-            if ctx.span_id is not None:
-                payload["span_id"] = ctx.span_id
+        if ctx is not None:
+            if ctx.trace_id is not None:
+                payload["trace_id"] = ctx.trace_id
+                if ctx.span_id is not None:
+                    payload["span_id"] = ctx.span_id
+        else:
+            ids = span_ids_outside_a_request()
+            if ids is not None:
+                payload["trace_id"], payload["span_id"] = ids
         for key, value in record.__dict__.items():
             if key in _RESERVED:
                 continue

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable
 from typing import IO
 
-from ..core.context import current_request
+from ..core.context import current_request, span_ids_outside_a_request
 from .formatters import ConsoleFormatter
 from .schemas import formatter_class
 
@@ -26,8 +26,13 @@ class RequestContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = current_request.get()
         record.request_id = ctx.request_id if ctx is not None else None
-        if ctx is not None and ctx.trace_id is not None:
-            record.trace_id = ctx.trace_id
+        if ctx is not None:
+            if ctx.trace_id is not None:
+                record.trace_id = ctx.trace_id
+        else:
+            ids = span_ids_outside_a_request()
+            if ids is not None:
+                record.trace_id, record.span_id = ids
         return True
 
 

@@ -112,6 +112,11 @@ class DependencyTracker:
             self._report(state, seconds, error_type)
         span, self._span = self._span, None
         if span is not None:
+            if exc_type is None and error_type is not None and state is not None:
+                try:
+                    state.tracer.failed(error_type)  # while the client span is current
+                except Exception:
+                    _log.debug("marking a client span failed", exc_info=True)
             try:
                 span.__exit__(exc_type, exc, tb)  # whatever it returns, the error propagates
             except Exception:

@@ -23,10 +23,11 @@ from werkzeug.exceptions import HTTPException
 from ..core.context import RequestContext, current_request
 from ..core.contracts import ErrorInfo
 from ..logs.redaction import REDACTED
+from ..logs.secrets import BODY_LIMITS, FORM_TYPES, add_secret
 from .capture import Held, capture_error, release
 from .clients import flush_bindings
 from .registry import EXTENSION_KEY, Binding, active_state, request_user
-from .scrubber import SECRETS_HINT, Scrubber, add_secret
+from .scrubber import SECRETS_HINT, Scrubber
 
 if TYPE_CHECKING:
     from flask import Request
@@ -37,8 +38,6 @@ __all__ = ["EVENT_ID_MEMBER", "SentryReporter", "current_reporter", "reporter_fo
 
 #: The problem+json member that carries the id of the event reported for an error.
 EVENT_ID_MEMBER = "sentry_event_id"
-_BODY_LIMITS: dict[str, int | None] = {"never": 0, "small": 10**3, "medium": 10**4, "always": None}
-_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _MAX_CACHED = 2048
 
 _log = logging.getLogger("flask_gateway_obs.sentry")
@@ -57,7 +56,7 @@ class SentryReporter:
         self.report_operational_5xx = settings.sentry_report_operational_5xx
         self.repeat_interval = settings.sentry_repeat_interval
         self.event_id_in_body = settings.sentry_event_id_in_body
-        self.body_limit = _BODY_LIMITS[settings.sentry_max_request_body]
+        self.body_limit = BODY_LIMITS[settings.sentry_max_request_body]
         self.tracing = settings.sentry_traces_sample_rate > 0
         #: The clock of the repeat interval (tests replace it).
         self.clock: Callable[[], float] = time.monotonic
@@ -268,7 +267,7 @@ class SentryReporter:
             return None
         if req.is_json:
             return req.get_json(silent=True)
-        if req.mimetype in _FORM_TYPES:
+        if req.mimetype in FORM_TYPES:
             form: dict[str, Any] = {}
             for name in req.form:
                 values = req.form.getlist(name)

@@ -12,48 +12,22 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ..logs.loggers import LOGGER_NAME
-from ..logs.redaction import (
-    MIN_SECRET_LENGTH,
-    REDACTED,
-    REPORT_FRAGMENTS,
-    Redactor,
-    TextMasker,
-    is_auth_scheme,
-)
+from ..logs.redaction import REDACTED, REPORT_FRAGMENTS, Redactor, TextMasker
+from ..logs.secrets import PII_FRAGMENTS, add_secret, is_pii, mask_url_users, swept
 
 __all__ = ["PII_FRAGMENTS", "SECRETS_HINT", "SENTRY_FRAGMENTS", "Scrubber", "add_secret"]
 
 #: Fragments scrubbed in events on top of :data:`logs.SECRET_FRAGMENTS` (shared with the
 #: exception events of traces: :data:`logs.REPORT_FRAGMENTS`).
 SENTRY_FRAGMENTS: tuple[str, ...] = REPORT_FRAGMENTS
-#: Fragments of names (lower-case, ``_`` read as ``-``) whose values are IP addresses
-#: or e-mails: scrubbed unless PII is enabled (``X-Forwarded-For``, ``Forwarded``,
-#: ``X-Real-IP``, ``CF-Connecting-IP``, ``X-Originating-IP``, ``REMOTE_ADDR``, ...).
-PII_FRAGMENTS: tuple[str, ...] = (
-    "forwarded",
-    "client-ip",
-    "clientip",
-    "client-addr",
-    "real-ip",
-    "realip",
-    "originating-ip",
-    "connecting-ip",
-    "remote-addr",
-    "remoteaddr",
-    "ip-address",
-    "ipaddress",
-    "external-address",
-    "email",
-)
 #: The hint member through which the secrets met in the request reach the scrubber.
 SECRETS_HINT = "flask_gateway_obs_secrets"
 _SOURCE_KEYS = ("pre_context", "context_line", "post_context")
 #: What a transaction keeps of the request (no body, cookies, query or environment).
 _TRANSACTION_REQUEST_KEYS = ("method", "headers")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^:@/\s]+@")
 # A %-style conversion of a log message template (``%s``, ``%(name)r``, ``%5.2f``, ``%%``).
 _PERCENT_SPEC = re.compile(
     r"%(?:\((?P<name>[^)]*)\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?"
@@ -62,7 +36,6 @@ _PERCENT_SPEC = re.compile(
 _ALL = ("*",)  # every argument of a log message is secret
 _MAX_DEPTH = 64
 _MAX_CACHED = 2048
-_MAX_PASSES = 3
 
 _log = logging.getLogger(__name__)
 
@@ -101,7 +74,7 @@ class Scrubber:
         self.masker = TextMasker(self.redactor.fragments)
         # the PII names among them (REMOTE_ADDR, ...) follow send_default_pii instead
         self.exact_names = frozenset(
-            name.lower() for name in exact_names if not _is_pii(name.lower())
+            name.lower() for name in exact_names if not is_pii(name.lower())
         )
         self.send_default_pii = send_default_pii
         self.user_hook = user_hook
@@ -173,17 +146,7 @@ class Scrubber:
                 event["user"] = {"id": user["id"]} if user.get("id") is not None else {}
         # A value masked in one place (``api_key=...`` in a message) is swept from every
         # other place too; a pass that masks nothing new is the last.
-        for _ in range(_MAX_PASSES):
-            found: set[str] = set()
-            cleaned = self._clean(event, _sweep_pattern(secrets), 0, found)
-            new: set[str] = set()
-            for value in found:
-                add_secret(new, value)
-            new -= secrets
-            if not new:
-                return cleaned
-            secrets |= new
-        return self._clean(event, _sweep_pattern(secrets), 0, None)
+        return swept(event, secrets, lambda data, sweep, found: self._clean(data, sweep, 0, found))
 
     def scrub_transaction(self, event: Any, hint: Any) -> Any:
         """A transaction keeps only the method, the headers and the URL with the route
@@ -210,7 +173,7 @@ class Scrubber:
             lowered = key.lower()
             verdict = self.redactor.is_secret(key) or lowered in self.exact_names
             if not verdict and not self.send_default_pii:
-                verdict = _is_pii(lowered)
+                verdict = is_pii(lowered)
             if len(self._verdicts) < _MAX_CACHED:
                 self._verdicts[key] = verdict
         return verdict
@@ -227,7 +190,7 @@ class Scrubber:
             text = sweep.sub(REDACTED, text)
         text = self.masker.mask(text, found)
         if "://" in text:
-            text = _USERINFO.sub(r"\g<scheme>***@", text)
+            text = mask_url_users(text)
         return text
 
     def mask_log_args(self, template: Any, args: Any) -> str | None:
@@ -340,7 +303,7 @@ class Scrubber:
         if sweep is not None:
             lines = [sweep.sub(REDACTED, item) if isinstance(item, str) else item for item in lines]
         masked = [
-            _USERINFO.sub(r"\g<scheme>***@", item) if isinstance(item, str) else item
+            mask_url_users(item) if isinstance(item, str) else item
             for item in self.masker.mask_code(lines, found)
         ]
         before = len(pre or ())
@@ -365,38 +328,6 @@ class Scrubber:
                 self._harvest(item, secrets, depth + 1, under_secret)
         elif under_secret:
             add_secret(secrets, value)
-
-
-def _is_pii(lowered: str) -> bool:
-    lowered = lowered.replace("_", "-")
-    return any(fragment in lowered for fragment in PII_FRAGMENTS)
-
-
-def add_secret(secrets: set[str], value: Any) -> None:
-    """Remember ``value`` as secret text (and the token of ``Bearer <token>``)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        return
-    text = value.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1]  # frame variables arrive as repr()
-    if len(text) < MIN_SECRET_LENGTH or text == REDACTED or text.startswith("<"):
-        return  # too short to sweep safely, already scrubbed, or an object's repr
-    secrets.add(text)
-    encoded = quote(text, safe="")
-    if encoded != text:
-        secrets.add(encoded)
-    parts = text.split()
-    if len(parts) == 2 and is_auth_scheme(parts[0] + " ") and len(parts[1]) >= MIN_SECRET_LENGTH:
-        secrets.add(parts[1])
-
-
-def _sweep_pattern(secrets: set[str]) -> re.Pattern[str] | None:
-    if not secrets:
-        return None
-    ordered = sorted(secrets, key=len, reverse=True)
-    return re.compile("|".join(re.escape(s) for s in ordered))
 
 
 def _format_masked(template: str, args: Any, slots: tuple[Any, ...]) -> str:

@@ -34,6 +34,8 @@ from .. import _version
 from .._compat import opentelemetry as compat_otel
 from .._compat import opentelemetry_flask
 from ..core import process
+from ..core.context import SPAN_IDS
+from ..logs.secrets import BODY_LIMITS
 from .adoption import Correlator
 from .export import ExporterLogFilter, SpanQueue
 from .propagation import Extractor
@@ -157,9 +159,19 @@ def _correlate(provider: Any) -> None:
     done.add(provider)
 
 
+def current_span_ids() -> tuple[str, str] | None:
+    """The current OpenTelemetry span's ``(trace_id, span_id)`` in hex, or ``None``: what a
+    log line written outside a request (a job in a span of its own) is correlated with."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
+
 def init_app(app: Flask, state: ObsState) -> ServerTracing:
     """Trace ``app``; see the module's docstring."""
     settings = state.settings
+    process.registry(SPAN_IDS, lambda: current_span_ids)
     rate = settings.tracing_sample_rate
     current = trace.get_tracer_provider()
     foreign: trace.Tracer | None = None
@@ -195,7 +207,12 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
         if isinstance(current, trace.ProxyTracerProvider):
             trace.set_tracer_provider(provider)  # the first app of the process
         client_tracer = provider.get_tracer(SCOPE_NAME, _version.__version__)
-    scrub = MessageScrubber((*settings.log_redact_keys, *settings.sentry_denylist))
+    scrub = MessageScrubber(
+        (*settings.log_redact_keys, *settings.sentry_denylist),
+        send_default_pii=settings.sentry_send_default_pii,
+        include_locals=settings.sentry_include_locals,
+        body_limit=BODY_LIMITS.get(settings.sentry_max_request_body, 0),
+    )
     path = compat_otel.context_path()
     server = ServerTracing(
         app,

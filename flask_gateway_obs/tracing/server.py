@@ -39,7 +39,8 @@ from .._compat.opentelemetry import ContextPath
 from ..core.context import RequestContext, current_request
 from ..core.contracts import ErrorInfo
 from ..labels import STANDARD_METHODS
-from .adoption import Adopted, note_ids, span_of
+from ..logs import mask_url_credentials
+from .adoption import Adopted, follow_flask_instrumentation, note_ids, span_of
 from .export import SpanQueue
 from .ids import POOL, new_ids
 from .propagation import BAGGAGE_KEY, TRACEPARENT_KEY, TRACESTATE_KEY, Extractor
@@ -75,7 +76,8 @@ class ServerTracing:
     :param queue: where finished spans of ours go (``None``: exporter ``none``).
     :param foreign: the user's tracer, when the app runs on the user's TracerProvider.
     :param instrumented: whether opentelemetry-instrumentation-flask traces an app.
-    :param scrub: masks an exception's message for its event.
+    :param scrub: ``(message, exception)`` -> the message as its event carries it
+        (scrubbed as Sentry scrubs it).
     :param path: how OpenTelemetry's context is reached (fast or public path).
     """
 
@@ -89,7 +91,7 @@ class ServerTracing:
         foreign: trace.Tracer | None,
         instrumented: Callable[[Any], bool],
         ua_max: int,
-        scrub: Callable[[str], str],
+        scrub: Callable[[str, BaseException | None], str],
         path: ContextPath,
     ) -> None:
         self.app = app
@@ -196,6 +198,11 @@ class ServerTracing:
         instrumented = self._instrumented
         if instrumented is None:  # the app is instrumented before it serves, or never
             instrumented = self._instrumented = self.instrumented(self.app)
+            if instrumented:  # its span may be unsampled: no span processor sees it
+                try:
+                    follow_flask_instrumentation(self.app)
+                except Exception:  # instrumentation never breaks a request
+                    _log.debug("could not follow the Flask instrumentation", exc_info=True)
         self._plain = self._outer is False and not instrumented and self.foreign is None
         if instrumented:
             ctx.span = Adopted()  # the Flask instrumentation's span comes (Correlator)
@@ -397,6 +404,8 @@ class ServerTracing:
         path = environ.get("PATH_INFO") or "/"
         if len(path) > _MAX_PATH:
             path = path[:_MAX_PATH]
+        if "@" in path:  # may hold URL credentials (/fetch/https://user:pw@host)
+            path = mask_url_credentials(path)
         scheme = environ.get("wsgi.url_scheme", "http")
         attributes: dict[str, Any] = {
             "http.request.method": method if method in STANDARD_METHODS else "_OTHER",
@@ -461,7 +470,7 @@ class ServerTracing:
         error = info.error
         kind = error_type_of(error)
         try:
-            message = self.scrub(str(error))
+            message = self.scrub(str(error), error)
         except Exception:
             message = ""
         span.add_event("exception", {"exception.type": kind, "exception.message": message})

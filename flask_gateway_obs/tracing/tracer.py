@@ -55,7 +55,7 @@ class ClientSpan:
         tracer: trace.Tracer,
         dependency: str,
         operation: str,
-        scrub: Callable[[str], str],
+        scrub: Callable[[str, BaseException | None], str],
     ) -> None:
         self.tracer = tracer
         self.scrub = scrub
@@ -88,7 +88,7 @@ class ClientSpan:
             elif exc is not None and isinstance(exc, Exception):
                 # A breaker's tripping call raises CircuitOpenError from the real failure.
                 error = (exc.__cause__ if isinstance(exc, CircuitOpenError) else None) or exc
-                self.fail(error_type_of(error), self.scrub(str(error)))
+                self.fail(error_type_of(error), self.scrub(str(error), error))
         finally:
             _current_client.reset(self._client_token)
             otel_context.detach(self._token)
@@ -127,7 +127,9 @@ class OtelTracer(Tracer):
     :param scrub: masks an exception's message for its event.
     """
 
-    def __init__(self, tracer: trace.Tracer, scrub: Callable[[str], str]) -> None:
+    def __init__(
+        self, tracer: trace.Tracer, scrub: Callable[[str, BaseException | None], str]
+    ) -> None:
         self.tracer = tracer
         self.scrub = scrub
 
@@ -145,6 +147,13 @@ class OtelTracer(Tracer):
             client.mark_rejected(breaker)
         else:
             self.event("circuit_breaker.rejected", {"circuit_breaker.name": breaker})
+
+    def failed(self, error_type: str) -> None:
+        """The call of the current client span failed though nothing was raised
+        (``mark_failed``: an upstream 5xx): ``error.type`` and status ERROR."""
+        client = _current_client.get()
+        if client is not None:
+            client.fail(error_type)
 
     def inject(self, carrier: MutableMapping[str, str]) -> bool:
         inject(carrier)

@@ -18,6 +18,7 @@ from flask_gateway_obs.core.state import state_of
 from flask_gateway_obs.testing import reset
 
 from ..conftest import MakeApp, unavailable
+from ..sentry_sink import SentrySink
 from .receiver import OtlpReceiver
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -147,3 +148,14 @@ def flush(app: Flask, seconds: float = 5.0) -> None:
     assert state is not None
     for hook in state.drain_hooks:
         hook(seconds)
+
+
+@pytest.fixture
+def sink() -> Iterator[SentrySink]:
+    """A running Sentry envelope sink."""
+    server = SentrySink().start()
+    yield server
+    server.stop()
+    from flask_gateway_obs import sentry
+
+    sentry.shutdown(timeout=1)

@@ -11,7 +11,7 @@ from flask_gateway_obs.core.contracts import Tracer
 from flask_gateway_obs.core.state import state_of
 
 from .conftest import TracedApp, flush
-from .receiver import OtlpReceiver
+from .receiver import OtlpReceiver, ReceivedSpan
 
 
 def _tracer(app: Flask) -> Tracer:
@@ -94,9 +94,7 @@ def test_failed_call_is_an_error_with_a_scrubbed_event(
             pass
         return "ok"
 
-    app.test_client().get("/failed")
-    flush(app)
-    client = next(s for s in receiver.wait_for(2) if s.kind == "CLIENT")
+    client = _client_span_of(app, receiver, "/failed")
     assert client.status == "ERROR"
     assert client.attributes["error.type"] == "ConnectionError"
     assert "hunter2" not in client.event("exception")["exception.message"]
@@ -167,3 +165,30 @@ def test_breakers_and_retries_report_span_events(
     assert opened.attributes["error.type"] == "ConnectionError"
     assert refused.attributes["circuit_breaker.rejected"] is True
     assert refused.status == "ERROR"
+
+
+def test_call_marked_failed_is_an_error(traced_app: TracedApp, receiver: OtlpReceiver) -> None:
+    """``mark_failed(type)`` inside ``track_dependency`` (nothing raised: an upstream 5xx)
+    sets the CLIENT span's status ERROR and ``error.type``, with no exception event."""
+    from flask_gateway_obs import GatewayObs
+
+    app = traced_app()
+    obs = GatewayObs()  # a handle: it finds the current app's state
+
+    @app.get("/marked")
+    def marked() -> str:
+        with obs.track_dependency("upstream", "GET /quotes") as call:
+            call.mark_failed("upstream_503")
+        return "ok"
+
+    client = _client_span_of(app, receiver, "/marked")
+    assert client.status == "ERROR"
+    assert client.attributes["error.type"] == "upstream_503"
+    assert client.events == []
+
+
+def _client_span_of(app: Flask, receiver: OtlpReceiver, path: str) -> ReceivedSpan:
+    """The CLIENT span of one request to ``path`` (beside its server span)."""
+    app.test_client().get(path)
+    flush(app)
+    return next(s for s in receiver.wait_for(2) if s.kind == "CLIENT")

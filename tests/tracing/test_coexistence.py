@@ -259,3 +259,47 @@ def test_outer_wsgi_span_is_adopted(make_app: Any, receiver: OtlpReceiver) -> No
     access = logs.find(logger="flask_gateway_obs.access")[0]
     assert (access["trace_id"], access["span_id"]) == (PARENT_TRACE, "1111222233334444")
     assert receiver.requests == 0
+
+
+UNSAMPLED = """
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    trace.set_tracer_provider(TracerProvider(sampler=ALWAYS_OFF))
+    seen = {}
+
+    @app.get("/seen")
+    def seen_ids():
+        context = trace.get_current_span().get_span_context()
+        seen["ids"] = [f"{context.trace_id:032x}", f"{context.span_id:016x}"]
+        logging.getLogger("app").warning("inside")
+        return {"ok": True}
+
+    FIRST
+    with capture_logs() as logs:
+        app.test_client().get("/seen")
+    inside = logs.find(message="inside")[0]
+    access = logs.find(logger="flask_gateway_obs.access")[0]
+    report({"seen": seen["ids"],
+            "log": [inside.get("trace_id"), inside.get("span_id")],
+            "access": [access.get("trace_id"), access.get("span_id")]})
+"""
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        "FlaskInstrumentor().instrument_app(app); GatewayObs(app)",
+        "GatewayObs(app); FlaskInstrumentor().instrument_app(app)",
+    ],
+)
+def test_unsampled_flask_instrumentation_span_ids_reach_the_logs(
+    receiver: OtlpReceiver, order: str
+) -> None:
+    """With opentelemetry-instrumentation-flask and an unsampled span (a sampler of the
+    user's), the view's log lines and the access line still carry that span's IDs."""
+    result = _run(UNSAMPLED.replace("FIRST", order), receiver)
+    trace_id, span_id = result["seen"]
+    assert int(trace_id, 16) and int(span_id, 16)  # a valid, unsampled span
+    assert result["log"] == [trace_id, span_id]
+    assert result["access"] == [trace_id, span_id]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,17 +11,6 @@ from flask_gateway_obs.testing import capture_logs
 from ..sentry_sink import SentrySink
 from .conftest import TracedApp, flush
 from .receiver import OtlpReceiver
-
-
-@pytest.fixture
-def sink() -> Iterator[SentrySink]:
-    """A running Sentry envelope sink."""
-    server = SentrySink().start()
-    yield server
-    server.stop()
-    from flask_gateway_obs import sentry
-
-    sentry.shutdown(timeout=1)
 
 
 def test_logs_sentry_and_exemplar_share_the_trace_id(
@@ -59,3 +47,33 @@ def test_logs_sentry_and_exemplar_share_the_trace_id(
         re.MULTILINE,
     )
     assert trace_id in exemplars
+
+
+def test_a_line_written_in_a_span_outside_a_request_carries_its_ids(
+    traced_app: TracedApp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job outside any request, in a span of its own: its log lines carry that span's
+    trace and span IDs (the stdout line and what capture_logs sees); a line outside any
+    span carries none."""
+    import json
+    import logging
+
+    from opentelemetry import trace
+
+    traced_app()
+    log = logging.getLogger("jobs")
+    with capture_logs() as logs:
+        with trace.get_tracer("jobs").start_as_current_span("nightly") as span:
+            log.warning("inside the job")
+        log.warning("after the job")
+    ids = span.get_span_context()
+    trace_id, span_id = format(ids.trace_id, "032x"), format(ids.span_id, "016x")
+    inside, after = logs.find(logger="jobs")
+    assert (inside["trace_id"], inside["span_id"]) == (trace_id, span_id)
+    assert inside["request_id"] is None
+    assert "trace_id" not in after and "span_id" not in after
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "job" in line]
+    assert [(p.get("trace_id"), p.get("span_id")) for p in printed] == [
+        (trace_id, span_id),
+        (None, None),
+    ]
