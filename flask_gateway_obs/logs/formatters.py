@@ -28,6 +28,7 @@ from .redaction import (
     escape_control,
     mask_url_credentials,
 )
+from .secrets import sweep_request_secrets
 
 _LEVEL_NAMES = {
     logging.DEBUG: "debug",
@@ -189,6 +190,8 @@ def access_fields(entry: AccessFields) -> dict[str, Any]:
     }
 
 
+#: The fields of an error line the request's secret values are swept from.
+_SWEPT_FIELDS = ("message", "exc_message", "stack", "stack_info")
 #: How many texts :class:`_JsonTexts` keeps before it starts again.
 _MEMO_SIZE = 512
 #: Access-line templates kept per formatter (method, status, service, route).
@@ -276,6 +279,10 @@ class JsonFormatter(logging.Formatter):
             )
         if record.stack_info:
             payload["stack_info"] = self.masker.mask_traceback(record.stack_info)
+        if ctx is not None and (record.levelno >= logging.ERROR or "stack" in payload):
+            # as Sentry's events: an exception's text can quote a secret under no
+            # secret-looking name (the value of an X-Api-Key header)
+            sweep_request_secrets(payload, _SWEPT_FIELDS, self.redactor.is_secret)
         return payload
 
     def _masked_message(self, record: logging.LogRecord) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "mask_url_users",
     "request_secrets",
     "sweep_pattern",
+    "sweep_request_secrets",
     "swept",
 ]
 
@@ -176,3 +177,26 @@ def harvest(
             harvest(item, is_secret, secrets, depth + 1, under_secret)
     elif under_secret:
         add_secret(secrets, value)
+
+
+def sweep_request_secrets(
+    fields: dict[str, Any], keys: tuple[str, ...], is_secret: Callable[[str], bool]
+) -> None:
+    """Sweep the secret values of the request being served (its secret headers, cookies,
+    secret query parameters and view arguments; never its body) from the text ``fields``
+    named by ``keys``, in place. Outside a request, or with a request that cannot be
+    read, nothing changes."""
+    from flask import has_request_context, request
+
+    try:
+        if not has_request_context():
+            return
+        sweep = sweep_pattern(request_secrets(request, is_secret))
+    except Exception:  # an unreadable request still gets the text rules
+        return
+    if sweep is None:
+        return
+    for key in keys:
+        text = fields.get(key)
+        if isinstance(text, str):
+            fields[key] = sweep.sub(REDACTED, text)

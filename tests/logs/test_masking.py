@@ -214,3 +214,34 @@ def test_url_credentials_in_a_path_are_masked_in_every_field_of_the_access_line(
     out = capsys.readouterr().out
     assert "path-pw-4242" not in out
     assert "https://admin:***@internal/x" in out
+
+
+@pytest.mark.parametrize(("log_format", "schema"), SCHEMAS)
+def test_an_error_line_loses_the_secrets_of_its_request(
+    make_app: MakeApp, capsys: pytest.CaptureFixture[str], log_format: str, schema: str
+) -> None:
+    """An exception quoting a secret header, cookie or query parameter under no
+    secret-looking name: the error line (its message, exception text and stack) loses
+    those values, as Sentry's event does; the request's other values stay."""
+    app = make_app({Keys.LOG_FORMAT: log_format, Keys.LOG_SCHEMA: schema})
+    app.testing = False
+
+    @app.get("/upstream")
+    def upstream() -> str:
+        from flask import request
+
+        quoted = (request.headers["X-Api-Key"], request.args["access_token"])
+        logging.getLogger("app").error("rejected with %s and %s", *quoted)
+        raise RuntimeError(f"upstream rejected {quoted[0]} ({request.args['page']})")
+
+    client = app.test_client()
+    client.set_cookie("sid", "cookie-value-31337")
+    response = client.get(
+        "/upstream?access_token=qtok9876543210&page=page-seven",
+        headers={"X-Api-Key": "hk_9f8e7d6c5b4a"},
+    )
+    assert response.status_code == 500
+    out = capsys.readouterr().out
+    assert [s for s in ("hk_9f8e7d6c5b4a", "qtok9876543210") if s in out] == []
+    assert "page-seven" in out
+    assert "upstream rejected [REDACTED]" in out
