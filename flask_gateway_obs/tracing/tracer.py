@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.status import Status, StatusCode
 
+from ..core.context import RequestContext, current_request
 from ..core.contracts import Tracer
 from ..errors import CircuitOpenError
 from .propagation import inject
@@ -41,6 +42,8 @@ class ClientSpan:
 
     __slots__ = (
         "_client_token",
+        "_ctx",
+        "_server_span_id",
         "_token",
         "attributes",
         "name",
@@ -65,6 +68,8 @@ class ClientSpan:
         self.rejected = False
         self._token: Any = None
         self._client_token: Any = None
+        self._ctx: RequestContext | None = None
+        self._server_span_id: str | None = None
 
     def __enter__(self) -> ClientSpan:
         self.span = self.tracer.start_span(
@@ -72,6 +77,14 @@ class ClientSpan:
         )
         self._token = otel_context.attach(trace.set_span_in_context(self.span))
         self._client_token = _current_client.set(self)
+        # Lines logged during the call carry the client span's ID; the request's own
+        # (the access line's) is back when it ends.
+        ctx = current_request.get()
+        if ctx is not None and ctx.trace_id is not None:
+            span_context = self.span.get_span_context()
+            if span_context.is_valid and format(span_context.trace_id, "032x") == ctx.trace_id:
+                self._ctx, self._server_span_id = ctx, ctx.span_id
+                ctx.span_id = format(span_context.span_id, "016x")
         return self
 
     def __exit__(
@@ -90,6 +103,9 @@ class ClientSpan:
                 error = (exc.__cause__ if isinstance(exc, CircuitOpenError) else None) or exc
                 self.fail(error_type_of(error), self.scrub(str(error), error))
         finally:
+            ctx, self._ctx = self._ctx, None
+            if ctx is not None:
+                ctx.span_id = self._server_span_id
             _current_client.reset(self._client_token)
             otel_context.detach(self._token)
             span.end()

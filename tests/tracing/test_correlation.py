@@ -77,3 +77,38 @@ def test_a_line_written_in_a_span_outside_a_request_carries_its_ids(
         (trace_id, span_id),
         (None, None),
     ]
+
+
+def test_a_line_logged_during_a_tracked_call_carries_the_client_spans_id(
+    traced_app: TracedApp, receiver: OtlpReceiver
+) -> None:
+    """Inside ``track_dependency`` a line carries the CLIENT span's ID (the span it is
+    written in); before and after the call, and on the access line, the server span's."""
+    import logging
+
+    from flask_gateway_obs import GatewayObs
+
+    app = traced_app()
+    obs = GatewayObs()
+    log = logging.getLogger("calls")
+
+    @app.get("/call")
+    def call() -> str:
+        log.info("before")
+        with obs.track_dependency("inventory", "GET /stock"):
+            log.info("during")
+        log.info("after")
+        return "ok"
+
+    with capture_logs() as logs:
+        assert app.test_client().get("/call").status_code == 200
+    flush(app)
+    spans = {s.kind: s for s in receiver.wait_for(2)}
+    server, client = spans["SERVER"], spans["CLIENT"]
+    by_message = {r["message"]: r for r in logs.find(logger="calls")}
+    assert by_message["during"]["span_id"] == client.span_id
+    assert by_message["before"]["span_id"] == server.span_id
+    assert by_message["after"]["span_id"] == server.span_id
+    [access] = logs.find(logger="flask_gateway_obs.access")
+    assert access["span_id"] == server.span_id
+    assert {r["trace_id"] for r in (*by_message.values(), access)} == {server.trace_id}
