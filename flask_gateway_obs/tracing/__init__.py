@@ -59,7 +59,19 @@ _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.common.http",
     "opentelemetry.sdk.trace.export",
 )
+#: OpenTelemetry's baggage propagator, which quotes a malformed incoming header whole.
+_BAGGAGE_LOGGER = "opentelemetry.baggage.propagation"
 _log = logging.getLogger("flask_gateway_obs.tracing")
+
+
+class _HeaderNotQuoted(logging.Filter):
+    """A line of OpenTelemetry's baggage propagator keeps its words and loses the header
+    it quotes (a client's header, which the logs never carry)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple("[REDACTED]" for _ in record.args)
+        return True
 
 
 class _Stdout:
@@ -126,6 +138,8 @@ class _Exports:
         self.log_filter = ExporterLogFilter()
         for name in _EXPORTER_LOGGERS:
             logging.getLogger(name).addFilter(self.log_filter)
+        self.baggage_filter = _HeaderNotQuoted()
+        logging.getLogger(_BAGGAGE_LOGGER).addFilter(self.baggage_filter)
         atexit.register(self.flush_at_exit)
 
     def flush_at_exit(self) -> None:
@@ -140,6 +154,7 @@ class _Exports:
         atexit.unregister(self.flush_at_exit)
         for name in _EXPORTER_LOGGERS:
             logging.getLogger(name).removeFilter(self.log_filter)
+        logging.getLogger(_BAGGAGE_LOGGER).removeFilter(self.baggage_filter)
         for queue in list(self.queues):
             queue.shutdown(0.0)
 
@@ -172,6 +187,7 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
     """Trace ``app``; see the module's docstring."""
     settings = state.settings
     process.registry(SPAN_IDS, lambda: current_span_ids)
+    exports = _exports()  # the log filters, whatever the exporter
     rate = settings.tracing_sample_rate
     current = trace.get_tracer_provider()
     foreign: trace.Tracer | None = None
@@ -195,7 +211,7 @@ def init_app(app: Flask, state: ObsState) -> ServerTracing:
                 InstrumentationScope(SCOPE_NAME, _version.__version__),
             )
             queue.exit_timeout = settings.drain_flush_timeout
-            _exports().queues.add(queue)
+            exports.queues.add(queue)
         provider = OwnTracerProvider(
             sampler=ParentBased(TraceIdRatioBased(rate)),
             resource=resource,

@@ -179,6 +179,19 @@ def test_incoming_baggage_is_read(make_app: MakeApp, receiver: OtlpReceiver) -> 
     assert body == {"tenant": "globex", "trace_id": PARENT_TRACE}
 
 
+def test_a_malformed_baggage_header_is_not_quoted_in_the_logs(
+    make_app: MakeApp, receiver: OtlpReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenTelemetry warns about a malformed baggage header by quoting it: the line keeps
+    its words and loses the client's header."""
+    app = _app(make_app, receiver, 0.0)
+    headers = {"traceparent": UNSAMPLED_PARENT, "baggage": "no-equals-sign-secret-4242"}
+    assert app.test_client().get("/baggage", headers=headers).status_code == 200
+    out = capsys.readouterr().out
+    assert "no-equals-sign-secret-4242" not in out
+    assert "doesn't match the format" in out
+
+
 @pytest.fixture
 def textmap() -> Iterator[Any]:
     """Replace the global propagator for one test: ``textmap(propagator)``."""
