@@ -7,15 +7,18 @@ face (the names users import) and the decorator.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..core.lazy import lazy_getattr
 from .calls import decorate
-from .circuit import STATE_CODES, CircuitBreaker
 from .classify import client_error
 from .deadlines import expect_timeouts
 from .registry import resolver
 from .settings import BreakerSettings
 from .timeouts import CallTimeoutError, HungCallsError
+
+if TYPE_CHECKING:
+    from .circuit import STATE_CODES, CircuitBreaker
 
 __all__ = [
     "STATE_CODES",
@@ -28,6 +31,14 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The breaker itself brings in pybreaker: loaded at the first call through a breaker (or
+# when these names are read), not by decorating a function at import time.
+__getattr__ = lazy_getattr(
+    "flask_gateway_obs.resilience",
+    {"STATE_CODES": "circuit", "CircuitBreaker": "circuit"},
+    globals(),
+)
 
 
 def breaker(

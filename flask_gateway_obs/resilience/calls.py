@@ -194,3 +194,37 @@ def decorate(resolve: Callable[[], CallForms], fn: F, fallback: Callable[..., An
             return fallback(error, *args, **kwargs)
 
     return cast(F, wrapper)
+
+
+class Retries(Protocol):
+    """What a retry decorator calls through (a :class:`~.policy.RetryPolicy`)."""
+
+    def run(self, label: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any: ...
+
+    def run_async(
+        self, label: str, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+    ) -> Awaitable[Any]: ...
+
+
+def call_label(fn: Callable[..., Any]) -> str:
+    """The ``operation`` label of a call of ``fn``: its qualified name."""
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "call")
+
+
+def decorate_retries(resolve: Callable[[], Retries], fn: F, operation: str | None) -> F:
+    """``fn`` retried by the policy ``resolve()`` returns at each call (tenacity is loaded
+    by the policy, at the first call, not by decorating)."""
+    label = operation or call_label(fn)
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await resolve().run_async(label, fn, args, kwargs)
+
+        return cast(F, async_wrapper)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return resolve().run(label, fn, args, kwargs)
+
+    return cast(F, wrapper)

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from .bulkheads import Bulkhead
 from .bulkheads import decorate as inside_bulkhead
 from .calls import decorate as through_breaker
-from .circuit import CircuitBreaker
+from .calls import decorate_retries as with_retries
 from .classify import client_error
 from .deadlines import expect_timeouts
-from .policy import RetryPolicy
-from .policy import decorate as with_retries
 from .registry import Resilience, resolver
 
 if TYPE_CHECKING:
     from ..core.state import Extension
+    from .circuit import CircuitBreaker
+    from .policy import RetryPolicy
 
 __all__ = ["resilient"]
 

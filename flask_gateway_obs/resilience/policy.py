@@ -36,6 +36,7 @@ import tenacity
 from ..config import Settings
 from ..errors import CircuitOpenError
 from ..logs import LOGGER_NAME
+from .calls import call_label, decorate_retries
 from .classify import is_transient, retry_after_of
 from .deadlines import DEADLINES, switch
 from .settings import RetrySettings
@@ -327,7 +328,7 @@ class RetryPolicy:
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``fn(*args, **kwargs)`` with retries; the original error if all fail."""
-        return self.run(self.name or _label(fn), fn, args, kwargs)
+        return self.run(self.name or call_label(fn), fn, args, kwargs)
 
     def run(self, operation: str, fn: Callable[..., T], args: Any, kwargs: Mapping[str, Any]) -> T:
         """Call ``fn`` with retries, labelled ``operation`` in logs and metrics."""
@@ -357,7 +358,7 @@ class RetryPolicy:
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Await ``fn(*args, **kwargs)`` with retries."""
-        return await self.run_async(self.name or _label(fn), fn, args, kwargs)
+        return await self.run_async(self.name or call_label(fn), fn, args, kwargs)
 
     async def run_async(
         self,
@@ -399,30 +400,12 @@ class RetryPolicy:
         return decorate(functools.partial(_constant, self), fn, operation or self.name)
 
 
-def _label(fn: Callable[..., Any]) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "call")
-
-
 def _constant(value: T) -> T:
     return value
 
 
-def decorate(resolve: Callable[[], RetryPolicy], fn: F, operation: str | None) -> F:
-    """``fn`` retried by the policy ``resolve()`` returns at each call."""
-    label = operation or _label(fn)
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await resolve().run_async(label, fn, args, kwargs)
-
-        return cast(F, async_wrapper)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return resolve().run(label, fn, args, kwargs)
-
-    return cast(F, wrapper)
+#: Kept here for the modules that decorate with a policy (see ``calls.decorate_retries``).
+decorate = decorate_retries
 
 
 #: Options of ``obs.retry(name, ...)`` that are code, not settings.

@@ -7,12 +7,16 @@ The policy itself is :class:`~.policy.RetryPolicy`; this module is its public fa
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..core.lazy import lazy_getattr
+from .calls import decorate_retries
 from .classify import TRANSIENT_STATUSES, is_transient, retry_after_of
-from .policy import OUTCOMES, RetryPolicy, RetryRegistry, decorate
 from .registry import resolver
 from .settings import RetrySettings
+
+if TYPE_CHECKING:
+    from .policy import OUTCOMES, RetryPolicy, RetryRegistry
 
 __all__ = [
     "OUTCOMES",
@@ -26,6 +30,14 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Policies bring in tenacity: loaded at the first call through a policy (or when these
+# names are read), not by decorating a function at import time.
+__getattr__ = lazy_getattr(
+    "flask_gateway_obs.resilience",
+    {"OUTCOMES": "policy", "RetryPolicy": "policy", "RetryRegistry": "policy"},
+    globals(),
+)
 
 
 def retry(
@@ -61,7 +73,7 @@ def retry(
 
     def decorate_fn(func: F) -> F:
         policy = resolver(lambda r: r.retries.get(name, **options))
-        return decorate(policy, func, operation or name)
+        return decorate_retries(policy, func, operation or name)
 
     if fn is not None:
         return decorate_fn(fn)

@@ -50,6 +50,60 @@ def test_a_default_app_loads_breakers_and_retries_only_when_first_used() -> None
     assert after_retry["tenacity"] is True
 
 
+_DECORATED_PROBE = """
+import json, sys
+from flask import Flask
+from flask_gateway_obs import GatewayObs, breaker, bulkhead, retry
+
+@breaker("payments")
+def charge():
+    return "charged"
+
+@retry
+def fetch():
+    return "fetched"
+
+@retry(max_attempts=3)
+def rates():
+    return "rates"
+
+@bulkhead("payments")
+def pay():
+    return "paid"
+
+app = Flask("probe")
+obs = GatewayObs(app, GATEWAY_OBS_LOG_CONFIGURE=False)
+
+@obs.resilient("quotes", breaker=True, retry=True)
+def quote():
+    return "quoted"
+
+app.get("/")(lambda: "ok")
+app.test_client().get("/")
+loaded = lambda: {m: m in sys.modules for m in ("pybreaker", "tenacity")}
+before = loaded()
+with app.app_context():
+    results = [charge(), fetch(), rates(), pay(), quote()]
+print(json.dumps([before, loaded(), results]))
+"""
+
+
+def test_functions_decorated_at_import_load_neither_library_until_called() -> None:
+    """@breaker, @retry, @retry(...), @bulkhead and @obs.resilient applied at import time
+    (and a request served) import neither pybreaker nor tenacity; the first calls do."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DECORATED_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    before, after, results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before == {"pybreaker": False, "tenacity": False}
+    assert after == {"pybreaker": True, "tenacity": True}
+    assert results == ["charged", "fetched", "rates", "paid", "quoted"]
+
+
 @breaker("outside", fail_max=1)
 def outside(dep: Dependency) -> object:
     """Decorated at import time; called without any app."""
