@@ -220,11 +220,46 @@ class TextMasker:
         ``{"user": ...}``) is kept; comments are masked as text. Non-strings pass."""
         out: list[Any] = []
         depth = 0
+        inside: tuple[str, bool] | None = None  # an open triple-quoted literal: (quote, secret)
         for line in lines:
             if isinstance(line, str):
-                line, depth = self._mask_code_line(line, depth, found)
+                line, depth, inside = self._mask_source_line(line, depth, inside, found)
             out.append(line)
         return out
+
+    def _mask_source_line(
+        self, line: str, depth: int, inside: tuple[str, bool] | None, found: set[str] | None
+    ) -> tuple[str, int, tuple[str, bool] | None]:
+        """One line of :meth:`mask_code`, with triple-quoted literals that span lines
+        (a PEM key after ``PRIVATE_KEY =``): what they hold is masked whole when they
+        follow a secret-looking name (or continue its open brackets), as text otherwise."""
+        head = ""
+        if inside is not None:
+            quote, secret = inside
+            end = line.find(quote)
+            body, line = (line, "") if end == -1 else (line[:end], line[end:])
+            head = self._literal_part(body, secret, found)
+            if end == -1:
+                return head, depth, inside
+            head, line = head + quote, line[len(quote) :]
+        opening = _open_triple_quote(line)
+        if opening is None:
+            masked, depth = self._mask_code_line(line, depth, found)
+            return head + masked, depth, None
+        at, quote = opening
+        code, body = line[:at], line[at + len(quote) :]
+        secret = depth > 0 or self._fragment(code) is not None
+        masked, depth = self._mask_code_line(code, depth, found)
+        return head + masked + quote + self._literal_part(body, secret, found), depth, (quote, secret)
+
+    def _literal_part(self, body: str, secret: bool, found: set[str] | None) -> str:
+        if not secret:
+            return self.mask(body, found)
+        if not body.strip():
+            return body
+        if found is not None:
+            found.add(body.strip())
+        return REDACTED
 
     def mask_traceback(self, text: str) -> str:
         """A formatted traceback with its source lines masked as code, the rest as text."""
@@ -328,6 +363,20 @@ def looks_like_token(word: str) -> bool:
     if any(c.isdigit() or c in _TOKEN_CHARS for c in word):
         return True
     return word[1:] != word[1:].lower()
+
+
+_TRIPLE_QUOTES = ('"' * 3, "'" * 3)
+
+
+def _open_triple_quote(line: str) -> tuple[int, str] | None:
+    """Where a triple-quoted literal that this line does not close opens, and its quote."""
+    starts = [(line.find(quote), quote) for quote in _TRIPLE_QUOTES if quote in line]
+    if not starts:
+        return None
+    at, quote = min(starts)
+    if line.count(quote, at) % 2 == 0:  # opened and closed on the line (or several)
+        return None
+    return line.rfind(quote), quote
 
 
 def _split_comment(line: str) -> tuple[str, str]:

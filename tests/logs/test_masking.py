@@ -13,7 +13,7 @@ import pytest
 from flask_gateway_obs import get_logger
 from flask_gateway_obs.config import Keys
 from flask_gateway_obs.logs import JsonFormatter
-from flask_gateway_obs.logs.redaction import SECRET_FRAGMENTS, TextMasker
+from flask_gateway_obs.logs.redaction import REDACTED, SECRET_FRAGMENTS, TextMasker
 
 from ..conftest import MakeApp
 
@@ -245,3 +245,52 @@ def test_an_error_line_loses_the_secrets_of_its_request(
     assert [s for s in ("hk_9f8e7d6c5b4a", "qtok9876543210") if s in out] == []
     assert "page-seven" in out
     assert "upstream rejected [REDACTED]" in out
+
+
+PEM = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            ['PRIVATE_KEY = """-----BEGIN PRIVATE KEY-----', *PEM, '-----END PRIVATE KEY-----"""'],
+            ['PRIVATE_KEY = """[REDACTED]', REDACTED, REDACTED, '[REDACTED]"""'],
+        ),
+        (
+            ['    return sign(private_key="""', PEM[0], '""", blob=1)', '    x = "kept"'],
+            ['    return sign(private_key="""', REDACTED, '""", blob=1)', '    x = "kept"'],
+        ),
+        (["SECRET = '''", "abcdefghij", "'''", "z = 2"], ["SECRET = '''", REDACTED, "'''", "z = 2"]),
+        (
+            ['    """Docs about tokens and', '    how they expire."""', '    return "ok"'],
+            ['    """Docs about tokens and', '    how they expire."""', '    return "ok"'],
+        ),
+        (['API_KEY = """sk_live_abcdef123456"""'], ['API_KEY = """[REDACTED]"""']),
+    ],
+)
+def test_triple_quoted_literals_across_source_lines_are_masked(
+    lines: list[str], expected: list[str]
+) -> None:
+    """A triple-quoted literal after a secret-looking name (a PEM key) is masked on every
+    line it spans; a docstring that only mentions tokens is prose and stays."""
+    assert TextMasker(SECRET_FRAGMENTS).mask_code(lines) == expected
+
+
+def test_a_pem_key_in_a_frames_source_context_never_reaches_sentry() -> None:
+    """The Sentry scrubber masks a frame's source context as consecutive code lines: a
+    key in a triple-quoted literal is gone from pre_context, context_line and
+    post_context."""
+    from flask_gateway_obs.sentry import Scrubber
+
+    frame = {
+        "filename": "app.py",
+        "pre_context": ["def sign():"],
+        "context_line": '    key = load(private_key="""-----BEGIN PRIVATE KEY-----',
+        "post_context": [*PEM, '-----END PRIVATE KEY-----""")'],
+    }
+    event = {"exception": {"values": [{"stacktrace": {"frames": [frame]}}]}}
+    scrubbed = Scrubber().scrub_event(event, {})
+    text = json.dumps(scrubbed)
+    assert [part for part in (*PEM, "BEGIN PRIVATE KEY") if part in text] == []
+    assert "def sign():" in text
