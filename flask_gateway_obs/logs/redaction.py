@@ -250,7 +250,8 @@ class TextMasker:
         code, body = line[:at], line[at + len(quote) :]
         secret = depth > 0 or self._fragment(code) is not None
         masked, depth = self._mask_code_line(code, depth, found)
-        return head + masked + quote + self._literal_part(body, secret, found), depth, (quote, secret)
+        opened = head + masked + quote + self._literal_part(body, secret, found)
+        return opened, depth, (quote, secret)
 
     def _literal_part(self, body: str, secret: bool, found: set[str] | None) -> str:
         if not secret:

@@ -261,7 +261,10 @@ PEM = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj"]
             ['    return sign(private_key="""', PEM[0], '""", blob=1)', '    x = "kept"'],
             ['    return sign(private_key="""', REDACTED, '""", blob=1)', '    x = "kept"'],
         ),
-        (["SECRET = '''", "abcdefghij", "'''", "z = 2"], ["SECRET = '''", REDACTED, "'''", "z = 2"]),
+        (
+            ["SECRET = '''", "abcdefghij", "'''", "z = 2"],
+            ["SECRET = '''", REDACTED, "'''", "z = 2"],
+        ),
         (
             ['    """Docs about tokens and', '    how they expire."""', '    return "ok"'],
             ['    """Docs about tokens and', '    how they expire."""', '    return "ok"'],
