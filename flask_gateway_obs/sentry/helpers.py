@@ -43,7 +43,11 @@ def capture_exception(error: BaseException | None = None, **context: Any) -> str
             return None
     from .capture import capture_error
 
-    reporter, binding = _current(state)
+    try:
+        reporter, binding = _current(state)
+    except Exception:  # reporting must never break the caller
+        _log.debug("Sentry capture failed", exc_info=True)
+        return None
     held = reporter.held if reporter is not None else None
     return capture_error(binding, error, extra=context, held=held)
 
@@ -58,10 +62,10 @@ def capture_message(message: str, level: str = "info", **context: Any) -> str | 
         return None
     from .capture import send
 
-    _, binding = _current(state)
-    if binding is None:
-        return None
     try:
+        _, binding = _current(state)
+        if binding is None:
+            return None
         return send(binding, {"message": message, "level": level}, None, None, context)
     except Exception:  # reporting must never break the caller
         _log.debug("Sentry capture failed", exc_info=True)
@@ -75,19 +79,26 @@ def set_user(user: Any) -> None:
     id itself; ``None`` clears it. Only the id is kept unless
     ``GATEWAY_OBS_SENTRY_SEND_DEFAULT_PII`` is on, which adds ``username``, ``email`` and
     ``ip_address``. Costs a small dict per call; nothing without a DSN.
+
+    A user that cannot be read (a field that raises, as a detached ORM object's does)
+    is not set, and logged at debug level: like the rest of the reporting, this never
+    raises into the caller.
     """
     state = active_state()
     if state is None:
         return
-    reporter, _ = _current(state)
-    data = _user_data(user, reporter.send_default_pii if reporter is not None else False)
-    ctx = current_request.get()
-    if ctx is not None:
-        request_user.set((ctx, data) if data else None)
-        return
-    from sentry_sdk import Scope
+    try:
+        reporter, _ = _current(state)
+        data = _user_data(user, reporter.send_default_pii if reporter is not None else False)
+        ctx = current_request.get()
+        if ctx is not None:
+            request_user.set((ctx, data) if data else None)
+            return
+        from sentry_sdk import Scope
 
-    Scope.get_isolation_scope().set_user(data or None)
+        Scope.get_isolation_scope().set_user(data or None)
+    except Exception:
+        _log.debug("Sentry set_user failed: the user is not set", exc_info=True)
 
 
 def _current(state: SentryProcess) -> tuple[SentryReporter | None, Binding | None]:

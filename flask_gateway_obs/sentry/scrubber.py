@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..logs.loggers import LOGGER_NAME
 from ..logs.redaction import REDACTED, REPORT_FRAGMENTS, Redactor, TextMasker
 from ..logs.secrets import PII_FRAGMENTS, add_secret, is_pii, mask_url_users, swept
+from .shorten import shorten
 
 __all__ = ["PII_FRAGMENTS", "SECRETS_HINT", "SENTRY_FRAGMENTS", "Scrubber", "add_secret"]
 
@@ -55,12 +56,16 @@ class Scrubber:
       pairs, a token after a secret-looking word), any user name in a URL, and source
       context lines as code (string literals after a secret-looking name);
     - then every value masked anywhere, or seen under a secret name, is swept from the
-      whole event (exception values, other frames' variables, mapping keys included).
+      whole event (exception values, other frames' variables, mapping keys included);
+    - last, strings longer than ``max_value_length`` are shortened (:mod:`.shorten`):
+      sentry-sdk is told not to, so that the sweep sees each secret whole.
 
     :param extra_fragments: further key fragments to treat as secret.
     :param send_default_pii: keep IP addresses and the user's other fields.
     :param user_hook: ``(event, hint) -> event | None`` run after scrubbing.
     :param exact_names: key names (any case) that are secret as a whole.
+    :param max_value_length: the UTF-8 size strings are cut to once scrubbed (``None``:
+        not cut), before ``user_hook`` sees the event.
     """
 
     def __init__(
@@ -69,7 +74,9 @@ class Scrubber:
         send_default_pii: bool = False,
         user_hook: Callable[[Any, Any], Any] | None = None,
         exact_names: Iterable[str] = (),
+        max_value_length: int | None = None,
     ) -> None:
+        self.max_value_length = max_value_length
         self.redactor = Redactor((*SENTRY_FRAGMENTS, *extra_fragments))
         self.masker = TextMasker(self.redactor.fragments)
         # the PII names among them (REMOTE_ADDR, ...) follow send_default_pii instead
@@ -93,7 +100,7 @@ class Scrubber:
     def before_send(self, event: Any, hint: Any) -> Any:
         """``before_send``: scrub, then run the user's hook; ``None`` drops the event."""
         try:
-            event = self.scrub_event(event, hint)
+            event = shorten(self.scrub_event(event, hint), self.max_value_length)
             if self.user_hook is not None:
                 event = self.user_hook(event, hint)
             return event
@@ -104,7 +111,7 @@ class Scrubber:
     def before_send_transaction(self, event: Any, hint: Any) -> Any:
         """``before_send_transaction``: trim and scrub the transaction; ``None`` drops."""
         try:
-            return self.scrub_transaction(event, hint)
+            return shorten(self.scrub_transaction(event, hint), self.max_value_length)
         except Exception:
             _log.warning("Sentry transaction dropped: scrubbing failed", exc_info=True)
             return None

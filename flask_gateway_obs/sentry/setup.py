@@ -4,7 +4,9 @@ Only the integrations that cost nothing per request are on (logging at ERROR as 
 INFO as breadcrumbs, dedupe, atexit, excepthook, modules); sentry-sdk's Flask
 integration, which wraps every request, only when tracing is on. sentry-sdk's own
 event scrubber is given an empty denylist: the adapter's scrubber covers its names and
-more, and must see every secret value to sweep it from the whole event.
+more, and must see every secret value to sweep it from the whole event. For the same
+reason sentry-sdk shortens no string (``max_value_length``): the scrubber does, after
+the sweep, to the configured length or sentry-sdk's default.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .events import before_breadcrumb, before_send, before_send_transaction, eve
 from .registry import EXTENSION_KEY, Binding, process_state
 from .reporter import SentryReporter
 from .scrubber import Scrubber
+from .shorten import UNLIMITED
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -64,21 +67,24 @@ def init_app(app: Flask, state: ObsState) -> SentryReporter | None:
 
     :raises ConfigError: if sentry-sdk refuses the options (``GATEWAY_OBS_SENTRY_OPTIONS``).
     """
+    from sentry_sdk.consts import DEFAULT_MAX_VALUE_LENGTH
     from sentry_sdk.scrubber import DEFAULT_DENYLIST
 
     settings = state.settings
     dsn = resolve_dsn(settings)
     if dsn is None:
         return None
+    extra = dict(settings.sentry_options or {})
     scrubber = Scrubber(
         (*settings.log_redact_keys, *settings.sentry_denylist),
         settings.sentry_send_default_pii,
         settings.sentry_before_send,
         exact_names=DEFAULT_DENYLIST,
+        # 1024 in sentry-sdk 2.0, None (no limit) in later releases
+        max_value_length=extra.get("max_value_length", DEFAULT_MAX_VALUE_LENGTH),
     )
     environment = resolve_environment(app, settings)
     release = resolve_release(settings)
-    extra = dict(settings.sentry_options or {})
     key = (
         dsn,
         environment,
@@ -141,6 +147,8 @@ def client_options(
         auto_enabling_integrations=False,
         integrations=integrations,
         include_local_variables=settings.sentry_include_locals,
+        # the scrubber shortens strings once it has swept every secret (see .shorten)
+        max_value_length=UNLIMITED,
         max_request_body_size=settings.sentry_max_request_body,
         transport_queue_size=settings.sentry_queue_size,
         shutdown_timeout=settings.sentry_shutdown_timeout,
