@@ -9,13 +9,15 @@ in CI, through ``unavailable``).
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -104,6 +106,10 @@ class Servers:
         process.kill()
         process.wait(timeout=10)
 
+    def pause(self, port: int) -> None:
+        """Stop the server on ``port`` (SIGSTOP): it accepts connections and never answers."""
+        os.kill(self.processes[port].pid, signal.SIGSTOP)
+
     def stop_all(self) -> None:
         for port in list(self.processes):
             self.kill(port)
@@ -166,6 +172,23 @@ class Sentinels:
                 return int(address[1])
         return None
 
+    def break_replica(self) -> None:
+        """Cut the replica off its master for good, while it still serves (stale) reads:
+        it authenticates with a wrong password, which a master without one refuses."""
+        import redis
+
+        client = redis.Redis(port=self.replica, socket_timeout=1)
+        try:
+            client.config_set("masterauth", "wrong")
+            client.client_kill_filter(_type="master")
+            wait_until(
+                lambda: client.info("replication")["master_link_status"] == "down",
+                "the replica to lose its master",
+                10,
+            )
+        finally:
+            client.close()
+
     def kill_master(self) -> int:
         """Kill the current master (as a crash); return its port."""
         port = self.master_port()
@@ -185,10 +208,12 @@ class Sentinels:
 
 
 class Cluster:
-    """Three masters (no replicas) sharing the 16384 slots."""
+    """Three masters (no replicas) sharing the 16384 slots; a node is deemed failed after
+    ``node_timeout_ms`` without an answer."""
 
-    def __init__(self, servers: Servers) -> None:
+    def __init__(self, servers: Servers, node_timeout_ms: int = 2000) -> None:
         self.servers = servers
+        self.node_timeout_ms = node_timeout_ms
         self.ports = free_ports(3, bus=True)
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
@@ -204,7 +229,7 @@ class Cluster:
                 "--cluster-config-file",
                 f"nodes-{port}.conf",
                 "--cluster-node-timeout",
-                "2000",
+                str(self.node_timeout_ms),
             )
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         subprocess.run(
@@ -222,36 +247,74 @@ class Cluster:
             )
 
     def _ok(self, port: int) -> bool:
+        return self.state(port) == "ok"
+
+    def state(self, port: int) -> str | None:
+        """``cluster_state`` as the node on ``port`` reports it (``None``: no answer)."""
         import redis
 
         client = redis.Redis(port=port, socket_timeout=1)
         try:
-            return bool(client.cluster("info")["cluster_state"] == "ok")
+            return str(client.cluster("info")["cluster_state"])
         except redis.RedisError:
-            return False
+            return None
         finally:
             client.close()
+
+    def owner(self, pattern: str) -> int:
+        """The port of the node that holds a key matching ``pattern``."""
+        import redis
+
+        for port in self.ports:
+            client = redis.Redis(port=port, socket_timeout=1)
+            try:
+                if client.keys(pattern):
+                    return port
+            finally:
+                client.close()
+        raise AssertionError(f"no node holds a key matching {pattern!r}")
+
+
+class _Deployment(Protocol):
+    def start(self) -> None: ...
+
+
+_D = TypeVar("_D", bound=_Deployment)
+
+
+def _running(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Servers], _D]
+) -> Iterator[_D]:
+    """A deployment started in a temporary folder of its own, stopped at the end."""
+    servers = Servers(tmp_path_factory.mktemp(name))
+    deployment = make(servers)
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        servers.stop_all()
 
 
 @pytest.fixture(scope="module")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentinels]:
     """A running Sentinel set-up: ``.url`` is its ``redis+sentinel://`` URL."""
-    servers = Servers(tmp_path_factory.mktemp("sentinel"))
-    deployment = Sentinels(servers)
-    try:
-        deployment.start()
-        yield deployment
-    finally:
-        servers.stop_all()
+    yield from _running(tmp_path_factory, "sentinel", Sentinels)
+
+
+@pytest.fixture
+def fresh_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A three-node Redis Cluster of the test alone (to kill or stop nodes of), whose
+    nodes deem a silent node failed after half a second."""
+    yield from _running(tmp_path_factory, "cluster", lambda s: Cluster(s, node_timeout_ms=500))
+
+
+@pytest.fixture
+def fresh_redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentinels]:
+    """A Sentinel set-up of the test alone (to break its replica)."""
+    yield from _running(tmp_path_factory, "sentinel", Sentinels)
 
 
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A running three-node Redis Cluster: ``.url`` is its ``redis+cluster://`` URL."""
-    servers = Servers(tmp_path_factory.mktemp("cluster"))
-    deployment = Cluster(servers)
-    try:
-        deployment.start()
-        yield deployment
-    finally:
-        servers.stop_all()
+    yield from _running(tmp_path_factory, "cluster", Cluster)

@@ -27,7 +27,7 @@ from typing import Any
 from ..config.redis import CLUSTER, SENTINEL, parse_redis_url
 from . import process
 
-__all__ = ["client", "is_cluster", "shared"]
+__all__ = ["client", "cluster_retry_options", "is_cluster", "shared"]
 
 _REGISTRY = "redis.clients"
 
@@ -69,10 +69,34 @@ def client(url: str, *, timeout: float, **options: Any) -> Any:
         )
         return sentinel.master_for(str(target.service))
     if target.kind == CLUSTER:
-        return LazyCluster(target.nodes, {**common, **auth, "retry": Retry(NoBackoff(), 1)})
+        return LazyCluster(target.nodes, {**common, **auth, **cluster_retry_options(1)})
     import redis
 
     return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
+
+
+def cluster_retry_options(retries: int) -> dict[str, Any]:
+    """The ``redis.cluster.RedisCluster`` options for ``retries`` retries of a command, no
+    back-off between them, and none of a connection's own, on every redis-py of our range.
+
+    From redis-py 6, a ``retry`` given to the cluster is its command retries (its nodes'
+    connections get none); ``cluster_error_retry_attempts`` is deprecated and ignored
+    beside it. Before 6, ``retry`` goes to the nodes' connections and the command retries
+    are ``cluster_error_retry_attempts`` (default 3).
+    """
+    from importlib.metadata import version
+
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    if _major(version("redis")) >= 6:
+        return {"retry": Retry(NoBackoff(), retries)}
+    return {"retry": Retry(NoBackoff(), 0), "cluster_error_retry_attempts": retries}
+
+
+def _major(release: str) -> int:
+    head = release.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def shared(url: str, *, timeout: float, **options: Any) -> Any:

@@ -41,7 +41,9 @@ def redis_client(url: str, timeout: float) -> Any:
 
 class RedisCheck:
     """``PING`` through a client built from ``url`` (with connect and socket timeouts)
-    or through ``client``, one the application made itself.
+    or through ``client``, one the application made itself. A Redis Cluster is asked
+    ``CLUSTER INFO`` instead: a node that answers while the cluster is down (a master
+    lost, slots uncovered) says ``cluster_state:fail``, and the check is unhealthy.
 
     :param url: a ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
         ``redis+cluster://`` URL.
@@ -57,6 +59,9 @@ class RedisCheck:
         # Built (and redis imported) now, at init_app: a first probe that paid for the
         # import could miss its deadline. No connection is made until the first PING.
         self._client = client if client is not None else redis_client(url or "", timeout)
+        from ..core.redis import is_cluster
+
+        self._cluster = is_cluster(self._client)
 
     @property
     def target(self) -> dict[str, Any]:
@@ -66,6 +71,11 @@ class RedisCheck:
         return {"client": type(self._client).__name__}
 
     def __call__(self) -> CheckResult:
+        if self._cluster:
+            state = self._client.cluster_info().get("cluster_state")
+            if state != "ok":
+                return CheckResult.unhealthy(f"cluster_state is {state}", **self.target)
+            return CheckResult.healthy(**self.target)
         answer = self._client.ping()
         if answer is not True and answer not in (b"PONG", "PONG"):
             return CheckResult.unhealthy("unexpected answer to PING", **self.target)

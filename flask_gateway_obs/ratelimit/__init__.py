@@ -86,7 +86,9 @@ def init_app(app: Flask, state: ObsState, obs: Extension) -> None:
         return
     config = app.config
     uri = storage_uri(config, settings.redis_url)
-    options = storage_options(uri, settings.ratelimit_storage_timeout)
+    options = storage_options(
+        uri, settings.ratelimit_storage_timeout, config.get("RATELIMIT_STORAGE_OPTIONS")
+    )
     shared = urlsplit(uri).scheme != "memory"
     limiter = limiter_class()(
         state,

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ from limits.strategies import FixedWindowRateLimiter, RateLimiter
 from .._compat import limits as compat_limits
 from ..core import process
 from ..core.contracts import Recorder
+from ..core.redis import cluster_retry_options
 from ..errors import ServiceUnavailableError
 from ..logs import LOGGER_NAME, mask_url_credentials
 
@@ -67,6 +68,8 @@ _REDIS_SCHEMES = frozenset(
         "valkey+sentinel",
     }
 )
+#: Options of ``RATELIMIT_STORAGE_OPTIONS`` that set a Cluster's retries (ours are left out).
+_CLUSTER_RETRY_OPTIONS = frozenset({"retry", "cluster_error_retry_attempts"})
 
 _log = logging.getLogger(LOGGER_NAME + ".ratelimit")
 
@@ -81,12 +84,19 @@ def storage_uri(config: Any, redis_url: str | None) -> str:
     return "memory://"
 
 
-def storage_options(uri: str, timeout: float) -> dict[str, Any]:
-    """Our options for the storage at ``uri`` (``RATELIMIT_STORAGE_OPTIONS`` is merged over them).
+def storage_options(
+    uri: str, timeout: float, configured: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Our options for the storage at ``uri`` (``RATELIMIT_STORAGE_OPTIONS``, ``configured``,
+    is merged over them by Flask-Limiter).
 
     Redis gets connect and read timeouts of ``timeout`` seconds. Through Sentinel the
     connections to the sentinels get them too: limits gives the Sentinel client its own
-    ``sentinel_kwargs``, without which those connections would wait forever.
+    ``sentinel_kwargs``, without which those connections would wait forever; and windows
+    are read from the master (``use_replicas`` off): a lagging replica would show counts
+    and reset times that are not the limit's. A Cluster gets no retries (redis-py's
+    default retries a command with back-off, seconds per request while a node is down),
+    unless ``configured`` names ``retry`` or ``cluster_error_retry_attempts`` itself.
     """
     options: dict[str, Any] = {"wrap_exceptions": True}
     scheme = urlsplit(uri).scheme
@@ -95,6 +105,9 @@ def storage_options(uri: str, timeout: float) -> dict[str, Any]:
         options.update(timeouts)
         if scheme in _SENTINEL_SCHEMES:
             options["sentinel_kwargs"] = dict(timeouts)
+            options["use_replicas"] = False
+        if scheme == "redis+cluster" and not _CLUSTER_RETRY_OPTIONS & set(configured or ()):
+            options.update(cluster_retry_options(0))
     return options
 
 

@@ -67,6 +67,7 @@ def test_sentinel_connections_get_the_socket_timeouts_too(make_app) -> None:
         "wrap_exceptions": True,
         **timeouts,
         "sentinel_kwargs": timeouts,
+        "use_replicas": False,
     }
     assert "sentinel_kwargs" not in storage_options("redis://127.0.0.1:1/0", 0.2)
     assert storage_options("memory://", 0.2) == {"wrap_exceptions": True}
@@ -299,3 +300,32 @@ def test_a_redis_that_answers_but_refuses_writes_stays_down_and_limits_hold(
         assert statuses(client, "/free", 1) == [429] and len(sent) == before
     finally:
         admin.close()
+
+
+def test_sentinel_reads_from_the_master_unless_configured(make_app) -> None:
+    """redis+sentinel: windows are read from the master; RATELIMIT_STORAGE_OPTIONS may
+    still turn replica reads on."""
+    uri = "redis+sentinel://127.0.0.1:1/mymaster"  # nothing listens: nothing connects
+    ours = make_app({"RATELIMIT_STORAGE_URI": uri})
+    assert limiter_of(ours).storage.use_replicas is False
+    theirs = make_app(
+        {"RATELIMIT_STORAGE_URI": uri, "RATELIMIT_STORAGE_OPTIONS": {"use_replicas": True}}
+    )
+    assert limiter_of(theirs).storage.use_replicas is True
+
+
+def test_cluster_gets_no_retries_unless_configured() -> None:
+    """redis+cluster: no command retries and no back-off (on every redis-py of the range);
+    a retry option of RATELIMIT_STORAGE_OPTIONS leaves ours out."""
+    from redis.retry import Retry
+
+    uri = "redis+cluster://127.0.0.1:1,127.0.0.1:2"
+    options = storage_options(uri, 0.2)
+    assert isinstance(options["retry"], Retry)
+    if hasattr(Retry, "get_retries"):  # redis-py 5 and later
+        assert options["retry"].get_retries() == 0
+    assert options.get("cluster_error_retry_attempts", 0) == 0
+    for key in ("retry", "cluster_error_retry_attempts"):
+        configured = storage_options(uri, 0.2, {key: 3})
+        assert "retry" not in configured and "cluster_error_retry_attempts" not in configured
+    assert "retry" not in storage_options("redis://127.0.0.1:1/0", 0.2)
