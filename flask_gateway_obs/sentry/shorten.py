@@ -11,14 +11,15 @@ This module imports nothing of ``sentry_sdk``.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 __all__ = ["UNLIMITED", "shorten"]
 
-#: The ``max_value_length`` sentry-sdk is given: large enough to cut nothing (sentry-sdk
-#: 2.0 reads ``None`` as its default of 1024, so a number it is).
-UNLIMITED = sys.maxsize
+#: The ``max_value_length`` sentry-sdk is given: large enough to cut no string an event
+#: holds (the largest ``max_value_length`` the config accepts). A number, since sentry-sdk
+#: 2.0 reads ``None`` as its default of 1024; not ``sys.maxsize``, with which sentry-sdk
+#: 2.0's worker under gunicorn ``--preload`` never exits.
+UNLIMITED = 1_000_000
 _ELLIPSIS = "..."
 _MAX_DEPTH = 64
 
