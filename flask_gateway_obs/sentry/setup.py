@@ -148,7 +148,7 @@ def client_options(
         integrations=integrations,
         include_local_variables=settings.sentry_include_locals,
         # the scrubber shortens strings once it has swept every secret (see .shorten)
-        max_value_length=UNLIMITED,
+        max_value_length=max(UNLIMITED, extra.get("max_value_length") or 0),
         max_request_body_size=settings.sentry_max_request_body,
         transport_queue_size=settings.sentry_queue_size,
         shutdown_timeout=settings.sentry_shutdown_timeout,

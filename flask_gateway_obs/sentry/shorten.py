@@ -15,11 +15,12 @@ from typing import Any
 
 __all__ = ["UNLIMITED", "shorten"]
 
-#: The ``max_value_length`` sentry-sdk is given: large enough to cut no string an event
-#: holds (the largest ``max_value_length`` the config accepts). A number, since sentry-sdk
-#: 2.0 reads ``None`` as its default of 1024; not ``sys.maxsize``, with which sentry-sdk
-#: 2.0's worker under gunicorn ``--preload`` never exits.
-UNLIMITED = 1_000_000
+#: The ``max_value_length`` sentry-sdk is given: 16 times its old default, enough for a
+#: long secret to be quoted whole in a string the scrubber then sees, and still a bound on
+#: what an event carries to the scrubber (a number: sentry-sdk 2.0 reads ``None`` as its
+#: default of 1024; without a bound, sentry-sdk 2.0's worker under gunicorn ``--preload``
+#: does not exit while it sends the events it holds).
+UNLIMITED = 16_384
 _ELLIPSIS = "..."
 _MAX_DEPTH = 64
 
