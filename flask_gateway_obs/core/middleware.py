@@ -124,12 +124,10 @@ def _log_access(state: ObsState, ctx: RequestContext, duration: float) -> None:
     path = ctx.path
     if len(path) > _MAX_LOGGED_PATH or "@" in path:
         # A path too long, or one that may hold URL credentials (/fetch/https://u:pw@host).
-        if len(path) > _MAX_LOGGED_PATH:
-            path = path[:_MAX_LOGGED_PATH] + "..."
         state.access_log.write(
             AccessEntry(
                 ctx.method,
-                mask_url_credentials(path),
+                _logged_path(path),
                 ctx.route,
                 ctx.status,
                 duration,
@@ -140,6 +138,13 @@ def _log_access(state: ObsState, ctx: RequestContext, duration: float) -> None:
         )
     else:
         state.access_log.write(ctx)
+
+
+def _logged_path(path: str) -> str:
+    """A path as the access line shows it: cut to its bound, URL credentials masked."""
+    if len(path) > _MAX_LOGGED_PATH:
+        path = path[:_MAX_LOGGED_PATH] + "..."
+    return mask_url_credentials(path)
 
 
 def escaped_error(

@@ -19,7 +19,7 @@ from ..errors import CircuitOpenError
 from .deadlines import DEADLINES, deadline_left
 from .timeouts import CallTimeoutError, TimeoutRunner
 
-__all__ = ["CallForms", "decorate"]
+__all__ = ["CallForms", "Retries", "call_label", "decorate", "decorate_retries"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

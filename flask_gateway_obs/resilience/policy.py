@@ -44,7 +44,7 @@ from .settings import RetrySettings
 if TYPE_CHECKING:
     from ..core.contracts import Recorder
 
-__all__ = ["OUTCOMES", "RetryPolicy", "RetryRegistry", "decorate"]
+__all__ = ["OUTCOMES", "RetryPolicy", "RetryRegistry"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -397,15 +397,11 @@ class RetryPolicy:
         """Decorate ``fn`` (``@policy`` or ``@policy(operation="charge")``)."""
         if fn is None:
             return functools.partial(self.__call__, operation=operation)
-        return decorate(functools.partial(_constant, self), fn, operation or self.name)
+        return decorate_retries(functools.partial(_constant, self), fn, operation or self.name)
 
 
 def _constant(value: T) -> T:
     return value
-
-
-#: Kept here for the modules that decorate with a policy (see ``calls.decorate_retries``).
-decorate = decorate_retries
 
 
 #: Options of ``obs.retry(name, ...)`` that are code, not settings.

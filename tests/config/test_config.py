@@ -76,15 +76,14 @@ def test_unknown_key_with_the_prefix_is_reported_with_a_suggestion() -> None:
 
 def test_string_values_from_the_environment_are_accepted(make_app, monkeypatch) -> None:
     """Values from from_prefixed_env (strings and JSON) are parsed."""
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_LEVEL", "fatal")
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_ACCESS", "false")
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_USER_AGENT_MAX", "64")
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_REDACT_KEYS", "pin, ssn")
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_LOG_ACCESS_EXCLUDE_PATHS", '["/ping", "/favicon.ico"]')
-    app = make_app(init=False)
-    app.config.from_prefixed_env()
-    GatewayObs(app)
-    settings = app.extensions["gateway_obs"].settings
+    variables = {
+        "FLASK_GATEWAY_OBS_LOG_LEVEL": "fatal",
+        "FLASK_GATEWAY_OBS_LOG_ACCESS": "false",
+        "FLASK_GATEWAY_OBS_LOG_USER_AGENT_MAX": "64",
+        "FLASK_GATEWAY_OBS_LOG_REDACT_KEYS": "pin, ssn",
+        "FLASK_GATEWAY_OBS_LOG_ACCESS_EXCLUDE_PATHS": '["/ping", "/favicon.ico"]',
+    }
+    settings = _settings_from_environment(make_app, monkeypatch, variables)
     assert settings.log_level == logging.CRITICAL
     assert settings.log_access is False
     assert settings.log_user_agent_max == 64
@@ -247,17 +246,28 @@ def test_a_mistyped_option_never_shows_its_value() -> None:
     )
 
 
+def _settings_from_environment(make_app, monkeypatch, variables, config=None):
+    """The settings of an app whose config came from ``variables`` through
+    ``from_prefixed_env()``, then ``config`` on top."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    app = make_app(init=False)
+    app.config.from_prefixed_env()
+    app.config.update(config or {})
+    GatewayObs(app)
+    return app.extensions["gateway_obs"].settings
+
+
 def test_text_keys_from_the_environment_keep_their_text(make_app, monkeypatch) -> None:
     """Text that from_prefixed_env() JSON-decodes into a number or a boolean is taken as
     written; null is no value, as Flask documents it (the key unset)."""
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_SERVICE_VERSION", "1.10")
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_METRICS_TOKEN", "1e5")
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_HEALTH_TOKEN", "null")
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_SENTRY_RELEASE", "true")
-    app = make_app(init=False)
-    app.config.from_prefixed_env()
-    GatewayObs(app)
-    settings = app.extensions["gateway_obs"].settings
+    variables = {
+        "FLASK_GATEWAY_OBS_SERVICE_VERSION": "1.10",
+        "FLASK_GATEWAY_OBS_METRICS_TOKEN": "1e5",
+        "FLASK_GATEWAY_OBS_HEALTH_TOKEN": "null",
+        "FLASK_GATEWAY_OBS_SENTRY_RELEASE": "true",
+    }
+    settings = _settings_from_environment(make_app, monkeypatch, variables)
     assert settings.service_version == "1.10"
     assert settings.metrics_token == "1e5"
     assert settings.health_token is None
@@ -266,12 +276,10 @@ def test_text_keys_from_the_environment_keep_their_text(make_app, monkeypatch) -
 
 def test_a_text_key_set_in_code_is_not_taken_from_the_environment(make_app, monkeypatch) -> None:
     """A value set in code that is not what the environment's text decodes to stays."""
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_SERVICE_VERSION", "1.10")
-    monkeypatch.setenv("FLASK_GATEWAY_OBS_HEALTH_TOKEN", "null")
-    app = make_app(init=False)
-    app.config.from_prefixed_env()
-    app.config[Keys.SERVICE_VERSION] = 2.5
-    app.config[Keys.HEALTH_TOKEN] = "from-code"
-    GatewayObs(app)
-    settings = app.extensions["gateway_obs"].settings
+    variables = {
+        "FLASK_GATEWAY_OBS_SERVICE_VERSION": "1.10",
+        "FLASK_GATEWAY_OBS_HEALTH_TOKEN": "null",
+    }
+    config = {Keys.SERVICE_VERSION: 2.5, Keys.HEALTH_TOKEN: "from-code"}
+    settings = _settings_from_environment(make_app, monkeypatch, variables, config)
     assert (settings.service_version, settings.health_token) == ("2.5", "from-code")

@@ -47,15 +47,7 @@ def test_rules_command_prints_the_rules_for_the_app(make_app: MakeApp, tmp_path:
     assert "ratio_rate1h > 0.072" in exprs["GatewayObsErrorBudgetBurn", "critical"]
     assert "ratio_rate6h > 0.03" in exprs["GatewayObsErrorBudgetBurn", "warning"]
     assert "ratio_rate1h > 0.05" in exprs["GatewayObsLatencySLO", "warning"]
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        unavailable("promtool is not installed (Debian package prometheus)")
-        return
-    (tmp_path / "rules.yml").write_text(output)
-    done = subprocess.run(
-        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    _promtool_checks_rules(output, tmp_path)
 
 
 def test_rules_command_prints_thresholds_without_float_noise(
@@ -79,15 +71,7 @@ def test_rules_command_prints_thresholds_without_float_noise(
         assert "objective of 99.999 % allows 0.001 %." in rule["annotations"]["description"]
     assert "the objective allows 0.001 %." in latency["annotations"]["description"]
     assert "99999999" not in output and "00000000" not in output
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        unavailable("promtool is not installed (Debian package prometheus)")
-        return
-    (tmp_path / "rules.yml").write_text(output)
-    done = subprocess.run(
-        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    _promtool_checks_rules(output, tmp_path)
 
 
 def test_rules_command_defaults(make_app: MakeApp) -> None:
@@ -190,3 +174,16 @@ def test_commands_need_the_extension(tmp_path: Path) -> None:
     for command in ("rules", "dashboard"):
         code, output = invoke(app, command)
         assert code == 2 and "not set up on this app" in output
+
+
+def _promtool_checks_rules(output: str, tmp_path: Path) -> None:
+    """``promtool check rules`` accepts ``output``."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool is not installed (Debian package prometheus)")
+        return
+    (tmp_path / "rules.yml").write_text(output)
+    done = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
